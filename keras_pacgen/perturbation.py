@@ -1,0 +1,545 @@
+"""PertOPT (Algorithm 1 of Wang et al., AISTATS 2020) as a mixin for any Keras 3 optimizer.
+
+One gradient per step, taken at the perturbed point ``w + u``; the wrapped optimizer updates the
+clean ``w``. Between two steps the model variables hold ``w + u`` (that is how the next forward and
+backward pass of ``fit`` runs at the perturbed point) and the optimizer keeps the clean ``w`` in a
+slot. A step (``apply``) therefore:
+
+1. restores the clean weights (exactly: they are copied back from the ``clean`` slot);
+2. runs the wrapped optimizer's ``apply`` on them unchanged: loss-scale unscaling, gradient
+   clipping, decoupled weight decay, ``update_step``, EMA and variable constraints all act on the
+   clean weights, as they would without the perturbation;
+3. inside ``update_step``, with the gradient the wrapped update receives, updates the second
+   moment ``h_{t+1} = β1 h_t + (1 - β1) g_{t+1}²`` (Algorithm 1 line 14) and notes
+   ``|h_{t+1} - h_t|`` and the mask ``1{|g_{t+1}| < β2}``;
+4. computes, for the next step (Algorithm 1 lines 7-9, with ``t`` already advanced)::
+
+       ρ[i] = |h_t[i] - h_{t-1}[i]| / ‖w_t - w_{t-1}‖
+       κ[i] = γ / log(1 + epoch) · |w_{t-1}[i]| + ε
+       σ[i] = min( 1 / (log(1 + epoch) · sqrt(η (h_t[i] + ρ[i] κ[i]))),  κ[i] ) · 1{|g_t[i]| < β2}
+
+   draws ``u = σ ⊙ r`` with ``r ~ U(-1, 1)`` from (seed, step, variable) (line 11) and leaves the
+   variable holding ``w + u``.
+
+The first step is unperturbed (σ starts at 0).
+
+Decisions on the ambiguities of Algorithm 1 (SPEC section 4), each documented and, where a user
+could want the other reading, a constructor argument:
+
+* ``rho_norm="global"``: ``‖w_t - w_{t-1}‖`` is the Euclidean norm over all trainable parameters
+  (the theory's reading, ρ is a Lipschitz constant of the whole Hessian); ``"variable"`` uses the
+  norm over the variable's own tensor. When the weights did not move (norm 0) ρ is 0.
+* ``kappa_weights="previous"``: κ uses the clean weights before the latest update, ``w_{t-1}``
+  (the literal reading); ``"current"`` uses ``w_t``.
+* The mask ``1{|g_t| < β2}`` uses the latest gradient, the one the step just applied (the literal
+  reading). ``g`` is the gradient as the wrapped ``update_step`` receives it: after loss-scale
+  unscaling, clipping and the cross-replica all-reduce. Without clipping that is the paper's
+  ``∇L̂(w_t + u_t)``.
+* The epoch starts at 1. It comes from ``steps_per_epoch`` when given
+  (``epoch = iterations // steps_per_epoch + 1``, exact for every step) and otherwise from a
+  variable that :class:`keras_pacgen.PerturbationCallback` (or ``PacGenCallback``) sets in
+  ``on_epoch_begin``; then the σ drawn at the last step of an epoch, which perturbs the first step
+  of the next, still uses the finished epoch's factor. Without either the epoch stays 1 and a
+  warning says so. Either way the counter lives in a variable: one trace serves the whole run.
+* Noise is stateless: u depends on (seed, step, variable index) only. Replicas draw the same u,
+  runs with the same seed are bit-identical, resumed runs continue exactly.
+* Non-finite gradients (``skip_nonfinite=True``): the whole step is skipped, as
+  ``LossScaleOptimizer`` does; weights, u, h, ρ and σ keep their values and
+  ``optimizer.nonfinite_steps`` counts the skipped steps.
+
+For Adam-family optimizers whose second-moment decay equals ``hessian_decay`` (Adam's default
+``beta_2=0.999`` is Algorithm 1's β1) and that clip nothing, h *is* the wrapped optimizer's second
+moment ``v``: the same number, so it is not stored twice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import warnings
+from typing import Any
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+from keras_pacgen import _validation as check
+from keras_pacgen.noise import uniform_unit
+
+PERTURBATION_DEFAULTS: dict[str, Any] = {
+    "eta": 0.01,
+    "gamma": 0.1,
+    "kappa_epsilon": 1e-5,
+    "grad_threshold": 0.1,
+    "hessian_decay": 0.999,
+    "seed": None,
+    "steps_per_epoch": None,
+    "rho_norm": "global",
+    "kappa_weights": "previous",
+    "skip_nonfinite": True,
+}
+
+_NO_CALLBACK_WARNING = (
+    "{name}: no PerturbationCallback or PacGenCallback is attached, so between training steps the "
+    "model holds the perturbed weights w + u: validation inside fit(), callbacks that save or "
+    "evaluate the model, and evaluate()/predict()/save() after train_on_batch() see perturbed "
+    "weights. fit() restores the clean weights when it returns. Add "
+    "keras_pacgen.PerturbationCallback() to fit(callbacks=[...]) (first in the list), or wrap your "
+    "own evaluation in `with optimizer.clean_weights(): ...`.{epoch_note}"
+)
+_EPOCH_NOTE = (
+    " The epoch counter of the log(1 + epoch) factors stays at 1: pass steps_per_epoch= or use "
+    "the callback."
+)
+
+
+def _replica_update(variables_and_fns):
+    """Run `fn(variable_component)` on every device copy of each variable (any tf.distribute)."""
+
+    def merge_fn(distribution, pairs):
+        for var, fn in pairs:
+            distribution.extended.update(var, fn, group=False)
+
+    strategy = tf.distribute.get_strategy()
+    if tf.distribute.in_cross_replica_context():
+        merge_fn(strategy, variables_and_fns)
+    else:
+        # The pairs travel in the closure, not as merge_call arguments: MirroredStrategy would
+        # regroup per-replica closures. The first replica's closures run on every device; what
+        # they capture (a norm, the step) is identical on all replicas.
+        tf.__internal__.distribute.interim.maybe_merge_call(
+            lambda distribution: merge_fn(distribution, variables_and_fns), strategy
+        )
+
+
+def _tf_var(variable):
+    return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+class PerturbationMixin:
+    """Turns a Keras optimizer ``OPT`` into PertOPT (Algorithm 1). See the module docstring.
+
+    Perturbation arguments (keyword-only; symbols of the paper):
+
+    * ``eta`` (η > 0): the PAC-Bayes trade-off. Larger η, smaller perturbations
+      (σ ∝ 1/sqrt(η h)). The paper used η = 0.01 with Adam on CIFAR and η = 100 with SGD on
+      Tiny ImageNet.
+    * ``gamma`` (γ >= 0): relative radius of the neighbourhood, κ = γ/log(1+epoch)·|w| + ε.
+      Algorithm 1's default 0.1; the paper's experiments used 10 (CIFAR) and 1 (Tiny ImageNet).
+    * ``kappa_epsilon`` (ε > 0): absolute radius added to κ. Default 1e-5.
+    * ``grad_threshold`` (β2 >= 0): only coordinates with ``|g| < β2`` are perturbed. 0 perturbs
+      nothing (the wrapped optimizer exactly). Default 0.1.
+    * ``hessian_decay`` (β1 in [0, 1)): decay of the second-moment (Hessian diagonal) estimate
+      h. Default 0.999.
+    * ``seed``: integer seed of the stateless noise; None draws one at construction (it is then
+      part of ``get_config()``, so a saved optimizer continues with the same noise).
+    * ``steps_per_epoch``: steps per epoch, for an exact epoch counter inside the step; None takes
+      the epoch from the callback.
+    * ``rho_norm``: ``"global"`` or ``"variable"``, the norm of ``w_t - w_{t-1}`` in ρ.
+    * ``kappa_weights``: ``"previous"`` (``w_{t-1}``) or ``"current"`` (``w_t``) in κ.
+    * ``skip_nonfinite``: skip a step whose gradients contain NaN or Inf (default True).
+    """
+
+    # ("slot list attribute", "decay attribute") of a second moment that equals h; see build().
+    _second_moment_source: tuple[str, str] | None = None
+
+    def __init__(
+        self,
+        *args,
+        eta: float = PERTURBATION_DEFAULTS["eta"],
+        gamma: float = PERTURBATION_DEFAULTS["gamma"],
+        kappa_epsilon: float = PERTURBATION_DEFAULTS["kappa_epsilon"],
+        grad_threshold: float = PERTURBATION_DEFAULTS["grad_threshold"],
+        hessian_decay: float = PERTURBATION_DEFAULTS["hessian_decay"],
+        seed: int | None = None,
+        steps_per_epoch: int | None = None,
+        rho_norm: str = "global",
+        kappa_weights: str = "previous",
+        skip_nonfinite: bool = True,
+        **kwargs,
+    ):
+        # Validate before the base class creates any variable.
+        if seed is None:
+            seed = random.SystemRandom().randrange(2**31)
+        seed = check.check_int("seed", seed, low=0)
+        if seed >= 2**40:
+            raise ValueError(f"`seed` must be an integer in [0, 2**40). Received: seed={seed!r}")
+        if not isinstance(skip_nonfinite, bool):
+            raise ValueError(
+                f"`skip_nonfinite` must be True or False. Received: skip_nonfinite={skip_nonfinite!r}"
+            )
+        if kwargs.get("gradient_accumulation_steps"):
+            raise ValueError(
+                "`gradient_accumulation_steps` is not supported by the perturbed optimizers: "
+                "Algorithm 1 draws a new perturbation at every optimizer update. Use a larger "
+                "batch instead. Received: gradient_accumulation_steps="
+                f"{kwargs['gradient_accumulation_steps']}"
+            )
+        settings = {
+            "eta": check.check_float("eta", eta, low=0.0, low_inclusive=False),
+            "gamma": check.check_float("gamma", gamma, low=0.0),
+            "kappa_epsilon": check.check_float(
+                "kappa_epsilon", kappa_epsilon, low=0.0, low_inclusive=False
+            ),
+            "grad_threshold": check.check_float("grad_threshold", grad_threshold, low=0.0),
+            "hessian_decay": check.check_float(
+                "hessian_decay", hessian_decay, low=0.0, high=1.0, high_inclusive=False
+            ),
+            "seed": seed,
+            "steps_per_epoch": check.check_int(
+                "steps_per_epoch", steps_per_epoch, low=1, allow_none=True
+            ),
+            "rho_norm": check.check_choice("rho_norm", rho_norm, ("global", "variable")),
+            "kappa_weights": check.check_choice(
+                "kappa_weights", kappa_weights, ("previous", "current")
+            ),
+            "skip_nonfinite": skip_nonfinite,
+        }
+        super().__init__(*args, **kwargs)
+        for key, value in settings.items():
+            setattr(self, key, value)
+        self._clean_weights_guards = 0  # callbacks that keep evaluation on clean weights
+        self._epoch_is_driven = False  # set_epoch() was called
+        self._warned_no_callback = False
+        self._remove_fn = None
+        self._reapply_fn = None
+
+    # ------------------------------------------------------------------ state
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        self._epoch = self.add_variable(
+            (), initializer="ones", dtype="int64", name="perturbation_epoch"
+        )
+        self._perturbation_applied = self.add_variable(
+            (), initializer="zeros", dtype="int64", name="perturbation_applied"
+        )
+        self._nonfinite_steps = self.add_variable(
+            (), initializer="zeros", dtype="int64", name="nonfinite_steps"
+        )
+        shared = self._shared_second_moment()
+        self._hessian_is_shared = shared is not None
+        if shared is None:
+            self._hessians = self.add_optimizer_variables(var_list, "hessian")
+        else:
+            self._hessians = shared
+        self._rhos, self._sigmas, self._clean_weights = self.add_optimizer_variables(
+            var_list, ["rho", "sigma", "clean"]
+        )
+
+    def _shared_second_moment(self):
+        if self._second_moment_source is None:
+            return None
+        slots_attr, decay_attr = self._second_moment_source
+        clips = any(
+            getattr(self, a, None) is not None for a in ("clipnorm", "clipvalue", "global_clipnorm")
+        )
+        if clips or float(getattr(self, decay_attr)) != self.hessian_decay:
+            return None
+        return getattr(self, slots_attr, None)
+
+    @property
+    def nonfinite_steps(self):
+        """Number of steps skipped because a gradient was NaN or Inf."""
+        return self._nonfinite_steps
+
+    @property
+    def epoch(self):
+        """The epoch counter (starting at 1) of the log(1 + epoch) factors of Algorithm 1."""
+        if self.steps_per_epoch:
+            return ops.floor_divide(self.iterations, self.steps_per_epoch) + 1
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Set the epoch counter (1-based) used when `steps_per_epoch` is None."""
+        epoch = check.check_int("epoch", epoch, low=1)
+        self._epoch_is_driven = True
+        if self.built:
+            self._epoch.assign(epoch)
+        else:
+            self._pending_epoch = epoch
+
+    # ------------------------------------------------------------------ step
+    def update_step(self, gradient, variable, learning_rate):
+        """Wrapped update on the clean weights, plus h (line 14), |Δh| and the |g| < β2 mask."""
+        idx = self._get_variable_index(variable)
+        rho, sigma = self._rhos[idx], self._sigmas[idx]
+        if sigma is None:  # variable updated by overwrite_with_gradient: never perturbed
+            return super().update_step(gradient, variable, learning_rate)
+        h = self._hessians[idx]
+        dense = ops.cast(ops.convert_to_tensor(gradient), variable.dtype)
+        h_old = tf.identity(_tf_var(h))
+        super().update_step(gradient, variable, learning_rate)
+        if not self._hessian_is_shared:
+            self.assign_add(h, ops.multiply(ops.subtract(ops.square(dense), h_old), 1 - self.hessian_decay))
+        h_new = ops.convert_to_tensor(h)
+        self.assign(rho, ops.abs(ops.subtract(h_new, h_old)))  # ρ numerator, divided in _perturb
+        self.assign(sigma, ops.cast(ops.less(ops.abs(dense), self.grad_threshold), variable.dtype))
+
+    def apply(self, grads, trainable_variables=None):
+        if not self.built:
+            if trainable_variables is None:
+                raise ValueError(
+                    "When passing `grads` without `variables`, the optimizer must already be "
+                    "built on a list of variables. Call `optimizer.build(trainable_variables)`."
+                )
+            with keras.name_scope(self.name, caller=self):
+                self.build(list(trainable_variables))
+            self.built = True
+        if hasattr(self, "_pending_epoch"):
+            self._epoch.assign(self._pending_epoch)
+            del self._pending_epoch
+        variables = list(trainable_variables) if trainable_variables is not None else list(
+            self._trainable_variables
+        )
+        grads = list(grads)
+        if not grads:
+            return
+        self._warn_if_unguarded()
+        if not self.skip_nonfinite:
+            self._perturbed_apply(grads, variables)
+        elif tf.distribute.has_strategy() and not (
+            tf.__internal__.distribute.strategy_supports_no_merge_call()
+        ) and not tf.distribute.in_cross_replica_context():
+            self._distributed_guarded_apply(grads, variables)
+        else:
+            ops.cond(
+                self._all_finite(grads),
+                lambda: self._perturbed_apply(grads, variables),
+                self._count_nonfinite,
+            )
+
+    def _all_finite(self, grads):
+        finite = [ops.all(ops.isfinite(ops.convert_to_tensor(g))) for g in grads if g is not None]
+        return ops.all(ops.stack(finite)) if finite else ops.convert_to_tensor(True)
+
+    def _count_nonfinite(self):
+        self._nonfinite_steps.assign_add(1)
+
+    def _distributed_guarded_apply(self, grads, variables):
+        # As LossScaleOptimizer: the cond must live in the cross-replica context. A step is skipped
+        # on every replica when any replica's gradient is not finite (its all-reduce would not be).
+        def cross_replica(distribution, grads, variables):
+            per_replica = distribution.extended.call_for_each_replica(self._all_finite, args=(grads,))
+            finite = tf.reduce_all(tf.stack(distribution.experimental_local_results(per_replica)))
+
+            def step():
+                distribution.extended.call_for_each_replica(
+                    self._perturbed_apply, args=(grads, variables)
+                )
+
+            ops.cond(finite, step, self._count_nonfinite)
+
+        tf.distribute.get_replica_context().merge_call(cross_replica, args=(grads, variables))
+
+    def _perturbed_apply(self, grads, variables):
+        self._restore_for_step(variables)
+        super().apply(grads, variables)
+        self._perturb(variables, [g is not None for g in grads])
+
+    def _restore_for_step(self, variables):
+        """w ← clean w (exact copy); when no perturbation is applied the variable is authoritative."""
+        applied = ops.greater(self._perturbation_applied, 0)
+        pairs = []
+        for var in variables:
+            clean = self._clean_weights[self._get_variable_index(var)]
+            if clean is None:
+                continue
+
+            def fn(v, clean=clean):
+                w = tf.where(applied, _tf_var(clean), v)
+                v.assign(w)
+                _tf_var(clean).assign(w)
+
+            pairs.append((_tf_var(var), fn))
+        _replica_update(pairs)
+
+    def _log_epoch(self):
+        return ops.log1p(ops.cast(self.epoch, "float32"))
+
+    def _perturb(self, variables, has_grad):
+        """Algorithm 1 lines 7-11 for the next step; leaves the variables holding w + u."""
+        step = ops.convert_to_tensor(self._iterations)  # already advanced: the draw's step
+        log_epoch = self._log_epoch()
+        norm = None
+        if self.rho_norm == "global":
+            squares = []
+            for var, g in zip(variables, has_grad):
+                clean = self._clean_weights[self._get_variable_index(var)]
+                if g and clean is not None:
+                    delta = ops.cast(ops.subtract(var, clean), "float32")
+                    squares.append(ops.sum(ops.square(delta)))
+            norm = ops.sqrt(ops.sum(ops.stack(squares))) if squares else ops.zeros(())
+        pairs = []
+        for var, g in zip(variables, has_grad):
+            idx = self._get_variable_index(var)
+            if self._clean_weights[idx] is None:
+                continue
+            pairs.append(
+                (_tf_var(var), self._perturb_fn(idx, bool(g), norm, log_epoch, step))
+            )
+        pairs.append((_tf_var(self._perturbation_applied), lambda a: a.assign(1)))
+        _replica_update(pairs)
+
+    def _perturb_fn(self, idx, has_grad, norm, log_epoch, step):
+        clean, rho, sigma = (
+            _tf_var(self._clean_weights[idx]),
+            _tf_var(self._rhos[idx]),
+            _tf_var(self._sigmas[idx]),
+        )
+        h = _tf_var(self._hessians[idx])
+
+        def fn(v):
+            if not has_grad:  # no gradient this step: clean, unperturbed, no estimate
+                clean.assign(v)
+                sigma.assign(tf.zeros_like(sigma))
+                rho.assign(tf.zeros_like(rho))
+                return
+            dtype = v.dtype
+            w_new, w_prev = tf.identity(v), tf.identity(clean)
+            if norm is None:
+                n = tf.sqrt(tf.reduce_sum(tf.square(w_new - w_prev)))
+            else:
+                n = tf.cast(norm, dtype)
+            le = tf.cast(log_epoch, dtype)
+            rho_value = tf.math.divide_no_nan(rho, n)
+            w_kappa = w_prev if self.kappa_weights == "previous" else w_new
+            kappa = (self.gamma / le) * tf.abs(w_kappa) + self.kappa_epsilon
+            denom = le * tf.sqrt(self.eta * (h + rho_value * kappa))
+            sigma_value = tf.where(denom * kappa > 1.0, 1.0 / denom, kappa) * sigma
+            u = sigma_value * uniform_unit(v.shape, dtype, self.seed, step, idx)
+            clean.assign(w_new)
+            rho.assign(rho_value)
+            sigma.assign(sigma_value)
+            v.assign(w_new + u)
+
+        return fn
+
+    # ------------------------------------------------------------------ clean weights
+    def _draw(self, idx, variable):
+        sigma = _tf_var(self._sigmas[idx])
+        return sigma * uniform_unit(variable.shape, variable.dtype, self.seed, self._iterations, idx)
+
+    def _remove_graph(self):
+        applied = ops.greater(self._perturbation_applied, 0)
+        pairs = []
+        for var in self._trainable_variables:
+            clean = self._clean_weights[self._get_variable_index(var)]
+            if clean is not None:
+                pairs.append(
+                    (_tf_var(var), lambda v, c=clean: v.assign(tf.where(applied, _tf_var(c), v)))
+                )
+        pairs.append((_tf_var(self._perturbation_applied), lambda a: a.assign(0)))
+        _replica_update(pairs)
+
+    def _reapply_graph(self):
+        applied = ops.greater(self._perturbation_applied, 0)
+        pairs = []
+        for var in self._trainable_variables:
+            idx = self._get_variable_index(var)
+            clean = self._clean_weights[idx]
+            if clean is None:
+                continue
+
+            def fn(v, idx=idx, clean=clean):
+                w = tf.identity(v)
+                _tf_var(clean).assign(tf.where(applied, _tf_var(clean), w))
+                v.assign(tf.where(applied, w, w + self._draw(idx, v)))
+
+            pairs.append((_tf_var(var), fn))
+        pairs.append((_tf_var(self._perturbation_applied), lambda a: a.assign(1)))
+        _replica_update(pairs)
+
+    def remove_perturbation(self) -> None:
+        """Put the clean weights into the model variables. Idempotent (a flag in a variable)."""
+        if not self.built:
+            return
+        if self._remove_fn is None:
+            self._remove_fn = tf.function(self._remove_graph, autograph=False)
+        self._remove_fn()
+
+    def apply_perturbation(self) -> None:
+        """Re-apply the current perturbation u (bit-identical to the one drawn). Idempotent."""
+        if not self.built:
+            return
+        if self._reapply_fn is None:
+            self._reapply_fn = tf.function(self._reapply_graph, autograph=False)
+        self._reapply_fn()
+
+    @property
+    def perturbation_is_applied(self) -> bool:
+        return bool(self.built and int(self._perturbation_applied.numpy()) > 0)
+
+    @contextlib.contextmanager
+    def clean_weights(self):
+        """Context manager: the model holds the clean weights inside, the perturbed ones after."""
+        was_applied = self.perturbation_is_applied
+        self.remove_perturbation()
+        try:
+            yield
+        finally:
+            if was_applied:
+                self.apply_perturbation()
+
+    def finalize_variable_values(self, var_list):
+        """Called by fit() at the end: clean weights first, then the wrapped optimizer's EMA."""
+        self.remove_perturbation()
+        super().finalize_variable_values(var_list)
+
+    def perturbation_state(self, variable) -> dict[str, tf.Tensor]:
+        """h, ρ, σ and u of `variable` (a model variable this optimizer was built with)."""
+        if not self.built:
+            raise ValueError("perturbation_state() needs a built optimizer: train a step first.")
+        try:
+            idx = self._get_variable_index(variable)
+        except KeyError:
+            raise ValueError(
+                f"perturbation_state(): {getattr(variable, 'path', variable)} is not a variable "
+                "this optimizer was built with."
+            ) from None
+        if self._sigmas[idx] is None:
+            raise ValueError(
+                f"perturbation_state(): {variable.path} is updated by overwrite_with_gradient "
+                "and never perturbed."
+            )
+        return {
+            "hessian": ops.convert_to_tensor(self._hessians[idx]),
+            "rho": ops.convert_to_tensor(self._rhos[idx]),
+            "sigma": ops.convert_to_tensor(self._sigmas[idx]),
+            "perturbation": self._draw(idx, variable),
+            "clean_weights": ops.convert_to_tensor(self._clean_weights[idx])
+            if self.perturbation_is_applied
+            else ops.convert_to_tensor(variable),
+        }
+
+    # ------------------------------------------------------------------ misc
+    def _attach_guard(self, attached: bool) -> None:
+        self._clean_weights_guards += 1 if attached else -1
+
+    def _warn_if_unguarded(self):
+        if self._clean_weights_guards > 0 or self._warned_no_callback:
+            return
+        self._warned_no_callback = True
+        note = "" if (self.steps_per_epoch or self._epoch_is_driven) else _EPOCH_NOTE
+        warnings.warn(
+            _NO_CALLBACK_WARNING.format(name=type(self).__name__, epoch_note=note), stacklevel=3
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "eta": self.eta,
+                "gamma": self.gamma,
+                "kappa_epsilon": self.kappa_epsilon,
+                "grad_threshold": self.grad_threshold,
+                "hessian_decay": self.hessian_decay,
+                "seed": self.seed,
+                "steps_per_epoch": self.steps_per_epoch,
+                "rho_norm": self.rho_norm,
+                "kappa_weights": self.kappa_weights,
+                "skip_nonfinite": self.skip_nonfinite,
+            }
+        )
+        return config
