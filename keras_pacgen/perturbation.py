@@ -457,7 +457,8 @@ class PerturbationMixin:
             return
         if self._remove_fn is None:
             self._remove_fn = tf.function(self._remove_graph, autograph=False)
-        self._remove_fn()
+        with self._distribution_strategy.scope():
+            self._remove_fn()
 
     def apply_perturbation(self) -> None:
         """Re-apply the current perturbation u (bit-identical to the one drawn). Idempotent."""
@@ -465,7 +466,8 @@ class PerturbationMixin:
             return
         if self._reapply_fn is None:
             self._reapply_fn = tf.function(self._reapply_graph, autograph=False)
-        self._reapply_fn()
+        with self._distribution_strategy.scope():
+            self._reapply_fn()
 
     @property
     def perturbation_is_applied(self) -> bool:

@@ -1,0 +1,68 @@
+"""Run PerturbedAdam under MirroredStrategy on 2 logical CPUs; print a JSON verdict.
+
+Run in its own process: logical devices must be configured before TensorFlow starts.
+"""
+
+import json
+import os
+import sys
+import warnings
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()]
+)
+import keras  # noqa: E402
+
+import keras_pacgen as kp  # noqa: E402
+
+warnings.simplefilter("ignore")
+
+
+def make_model():
+    keras.utils.set_random_seed(1)
+    return keras.Sequential(
+        [keras.Input((8,)), keras.layers.Dense(16, activation="tanh"), keras.layers.Dense(3)]
+    )
+
+
+def run(strategy):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(128, 8)).astype("float32")
+    y = (np.abs(x[:, 0] * 2 + x[:, 1]).astype("int64") % 3).astype("int32")
+    with strategy.scope():
+        model = make_model()
+        opt = kp.PerturbedAdam(learning_rate=1e-2, eta=0.01, gamma=1.0, grad_threshold=10.0, seed=5)
+        model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 3
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(32)
+    model.fit(ds, epochs=steps, verbose=0, callbacks=[kp.PerturbationCallback()])
+    opt.apply_perturbation()  # compare perturbed weights and every slot
+    return model, opt
+
+
+def components(var):
+    v = var.value if isinstance(var, keras.Variable) else var
+    values = getattr(v, "values", None)
+    return [np.asarray(c) for c in values] if values is not None else [np.asarray(v)]
+
+
+mirrored = tf.distribute.MirroredStrategy(["CPU:0", "CPU:1"])
+model, opt = run(mirrored)
+identical, checked = True, 0
+for var in list(model.trainable_variables) + list(opt.variables):
+    comps = components(var)
+    if len(comps) > 1:
+        checked += 1
+        identical &= all(np.array_equal(comps[0], c) for c in comps[1:])
+single_model, single_opt = run(tf.distribute.get_strategy())
+max_diff = max(
+    float(np.max(np.abs(components(a)[0] - b.numpy())))
+    for a, b in zip(model.trainable_variables, single_model.trainable_variables)
+)
+print(json.dumps({"replicas": mirrored.num_replicas_in_sync, "mirrored_variables_checked": checked,
+                  "identical": bool(identical), "max_diff_vs_single": max_diff}))

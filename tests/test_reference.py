@@ -1,0 +1,133 @@
+"""Algorithm 1 against an independent numpy implementation (float64) over several steps.
+
+The model is linear regression y = x W + b with the mean squared error, whose gradient numpy
+computes in closed form. The only thing shared with the package is the uniform draw r ~ U(-1, 1)
+(u = σ ⊙ r), taken from `keras_pacgen.noise.uniform_unit` so that u can be checked exactly.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_pacgen as kp
+from keras_pacgen.noise import uniform_unit
+
+ETA, GAMMA, EPS, BETA2, BETA1 = 0.05, 0.5, 1e-3, 0.5, 0.9
+LR, SEED, SPE, STEPS = 0.05, 11, 3, 8
+
+
+def reference_step(opt_name, w, u, h, state, g, t, idx_shapes, rho_norm, kappa_weights):
+    """One step of Algorithm 1 on lists of float64 arrays. Returns the new (w, u, h, rho, sigma)."""
+    h_new = [hh + (gg**2 - hh) * (1 - BETA1) for hh, gg in zip(h, g)]
+    w_new = []
+    for i, (ww, gg) in enumerate(zip(w, g)):
+        if opt_name == "sgd":
+            w_new.append(ww - LR * gg)
+        else:  # Keras Adam, epsilon 1e-7, beta_1 0.9, beta_2 = BETA1 (so h is Adam's v)
+            m, v = state[i]
+            m = m + (gg - m) * (1 - 0.9)
+            v = v + (gg**2 - v) * (1 - BETA1)
+            alpha = LR * np.sqrt(1 - BETA1 ** (t + 1)) / (1 - 0.9 ** (t + 1))
+            state[i] = (m, v)
+            w_new.append(ww - m * alpha / (np.sqrt(v) + 1e-7))
+    t_next = t + 1
+    log_epoch = np.log(1 + (t_next // SPE + 1))
+    global_norm = np.sqrt(sum(np.sum((a - b) ** 2) for a, b in zip(w_new, w)))
+    rho, sigma, u_new = [], [], []
+    for i, (wn, wp, hn, hp, gg) in enumerate(zip(w_new, w, h_new, h, g)):
+        norm = global_norm if rho_norm == "global" else np.sqrt(np.sum((wn - wp) ** 2))
+        r_i = np.abs(hn - hp) / norm
+        kw = wp if kappa_weights == "previous" else wn
+        kappa = GAMMA / log_epoch * np.abs(kw) + EPS
+        s = np.minimum(1.0 / (log_epoch * np.sqrt(ETA * (hn + r_i * kappa))), kappa)
+        s = s * (np.abs(gg) < BETA2)
+        draw = uniform_unit(idx_shapes[i], tf.float32, SEED, t_next, i).numpy().astype(np.float64)
+        rho.append(r_i)
+        sigma.append(s)
+        u_new.append(s * draw)
+    return w_new, u_new, h_new, rho, sigma
+
+
+def mse_grad(w, u, x, y):
+    W, b = w[0] + u[0], w[1] + u[1]
+    err = x @ W + b - y  # (n, k)
+    n, k = err.shape
+    gW = 2.0 * x.T @ err / (n * k)
+    gb = 2.0 * err.sum(axis=0) / (n * k)
+    return [gW, gb]
+
+
+@pytest.mark.parametrize("opt_name", ["sgd", "adam"])
+@pytest.mark.parametrize("rho_norm, kappa_weights", [("global", "previous"), ("variable", "current")])
+def test_optimizer_matches_numpy_reference(opt_name, rho_norm, kappa_weights):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(32, 4)).astype("float32")
+    y = (x @ rng.normal(size=(4, 2)) + 0.3 * rng.normal(size=(32, 2))).astype("float32")
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.Dense(2)
+    layer.build((None, 4))
+    variables = layer.trainable_variables
+    args = dict(
+        learning_rate=LR, eta=ETA, gamma=GAMMA, kappa_epsilon=EPS, grad_threshold=BETA2,
+        hessian_decay=BETA1, seed=SEED, steps_per_epoch=SPE, rho_norm=rho_norm,
+        kappa_weights=kappa_weights,
+    )
+    opt = kp.PerturbedSGD(**args) if opt_name == "sgd" else kp.PerturbedAdam(beta_2=BETA1, **args)
+
+    w = [v.numpy().astype(np.float64) for v in variables]
+    u = [np.zeros_like(a) for a in w]
+    h = [np.zeros_like(a) for a in w]
+    state = [(np.zeros_like(a), np.zeros_like(a)) for a in w]
+    shapes = [a.shape for a in w]
+    perturbed_coordinates = 0
+    for t in range(STEPS):
+        g = mse_grad(w, u, x.astype(np.float64), y.astype(np.float64))
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(layer(x) - y))
+        grads = tape.gradient(loss, variables)
+        # The gradient the optimizer receives is taken at w + u.
+        for gg, gt in zip(g, grads):
+            np.testing.assert_allclose(gt.numpy(), gg, rtol=2e-4, atol=1e-6)
+        opt.apply(grads, variables)
+        w, u, h, rho, sigma = reference_step(
+            opt_name, w, u, h, state, g, t, shapes, rho_norm, kappa_weights
+        )
+        for i, v in enumerate(variables):
+            st = opt.perturbation_state(v)
+            np.testing.assert_allclose(st["hessian"].numpy(), h[i], rtol=2e-4, atol=1e-9)
+            np.testing.assert_allclose(st["rho"].numpy(), rho[i], rtol=2e-3, atol=1e-9)
+            np.testing.assert_allclose(st["sigma"].numpy(), sigma[i], rtol=2e-3, atol=1e-9)
+            np.testing.assert_allclose(st["clean_weights"].numpy(), w[i], rtol=1e-4, atol=1e-6)
+            # u is exactly σ ⊙ r for the package's σ, and within its bound.
+            pert = st["perturbation"].numpy()
+            draw = uniform_unit(v.shape, tf.float32, SEED, t + 1, i).numpy()
+            np.testing.assert_array_equal(pert, st["sigma"].numpy() * draw)
+            assert np.all(np.abs(pert) <= st["sigma"].numpy())
+            np.testing.assert_allclose(pert, u[i], rtol=2e-3, atol=1e-9)
+            # The variable holds w + u.
+            np.testing.assert_array_equal(v.numpy(), st["clean_weights"].numpy() + pert)
+            perturbed_coordinates += int(np.sum(sigma[i] > 0))
+    # The scenario exercises the formula: some coordinates perturbed, some masked or capped by κ.
+    assert perturbed_coordinates > 0
+    assert int(opt.epoch.numpy()) == (STEPS // SPE) + 1
+
+
+def test_first_step_is_unperturbed():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 4)).astype("float32")
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.Dense(2)
+    layer.build((None, 4))
+    before = [v.numpy() for v in layer.trainable_variables]
+    opt = kp.PerturbedSGD(learning_rate=0.0, eta=1e-3, gamma=1.0, grad_threshold=1e9, seed=1)
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x) ** 2)
+    grads = tape.gradient(loss, layer.trainable_variables)
+    # Nothing applied before the first step: the first gradient is at the clean weights.
+    for a, v in zip(before, layer.trainable_variables):
+        np.testing.assert_array_equal(a, v.numpy())
+    opt.apply(grads, layer.trainable_variables)
+    # With lr 0 the weights did not move, ρ = 0, and the new σ is positive.
+    assert all(float(tf.reduce_max(opt.perturbation_state(v)["sigma"])) > 0 for v in layer.trainable_variables)
+    assert all(float(tf.reduce_max(opt.perturbation_state(v)["rho"])) == 0 for v in layer.trainable_variables)

@@ -1,0 +1,278 @@
+"""PertOPT inside compile/fit: exactness, clean weights, tracing, determinism, saving, export."""
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from conftest import LOSS, small_model, toy_data
+
+import keras_pacgen as kp
+
+PERT = dict(eta=0.01, gamma=1.0, grad_threshold=10.0, seed=5)
+
+
+def weights(model):
+    return [v.numpy() for v in model.trainable_variables]
+
+
+def fit(opt, epochs=2, jit=False, callbacks=None, validation=False, model=None, **kw):
+    x, y = toy_data()
+    model = model or small_model()
+    model.compile(optimizer=opt, loss=LOSS, jit_compile=jit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model.fit(
+            x, y, batch_size=32, epochs=epochs, shuffle=False, verbose=0,
+            validation_data=(x[:64], y[:64]) if validation else None,
+            callbacks=callbacks or [], **kw,
+        )
+    return model
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize(
+    "ours, theirs, kwargs",
+    [
+        (kp.PerturbedAdam, keras.optimizers.Adam, dict(learning_rate=1e-2)),
+        (kp.PerturbedSGD, keras.optimizers.SGD, dict(learning_rate=0.1, momentum=0.9)),
+    ],
+)
+def test_grad_threshold_zero_is_the_wrapped_optimizer_exactly(ours, theirs, kwargs, jit):
+    a = fit(ours(grad_threshold=0.0, eta=0.01, gamma=10.0, seed=1, **kwargs), jit=jit,
+            callbacks=[kp.PerturbationCallback()])
+    b = fit(theirs(**kwargs), jit=jit)
+    for wa, wb in zip(weights(a), weights(b)):
+        np.testing.assert_array_equal(wa, wb)
+    # and the perturbation does change training when it is on
+    c = fit(ours(**PERT, **kwargs), jit=jit)
+    assert any(not np.array_equal(wa, wc) for wa, wc in zip(weights(a), weights(c)))
+
+
+@pytest.mark.parametrize(
+    "base_kwargs",
+    [
+        dict(weight_decay=0.05),
+        dict(clipnorm=0.01),
+        dict(clipvalue=1e-3),
+        dict(global_clipnorm=0.02),
+        dict(use_ema=True, ema_momentum=0.9),
+        dict(use_ema=True, ema_momentum=0.5, ema_overwrite_frequency=3),
+    ],
+)
+def test_wrapped_features_act_on_clean_weights(base_kwargs):
+    """A plain Adam fed the same gradients on a copy of the clean weights stays bit-identical."""
+    x, y = toy_data()
+    model = small_model(constraint=keras.constraints.NonNeg())
+    shadow = small_model(constraint=keras.constraints.NonNeg())
+    opt = kp.PerturbedAdam(learning_rate=1e-2, **PERT, **base_kwargs)
+    ref = keras.optimizers.Adam(learning_rate=1e-2, **base_kwargs)
+    pv, sv = model.trainable_variables, shadow.trainable_variables
+    moved = 0.0
+    for step in range(6):
+        xb, yb = x[step * 16:(step + 1) * 16], y[step * 16:(step + 1) * 16]
+        with tf.GradientTape() as tape:
+            loss = LOSS(yb, model(xb))
+        grads = tape.gradient(loss, pv)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt.apply(grads, pv)
+        ref.apply(grads, sv)
+        for p, s in zip(pv, sv):
+            st = opt.perturbation_state(p)
+            np.testing.assert_array_equal(st["clean_weights"].numpy(), s.numpy())
+            moved = max(moved, float(np.max(np.abs(p.numpy() - s.numpy()))))
+    assert moved > 0  # the model really held perturbed weights meanwhile
+    if base_kwargs.get("use_ema"):
+        for a, b in zip(opt._model_variables_moving_average, ref._model_variables_moving_average):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())
+        opt.finalize_variable_values(pv)
+        ref.finalize_variable_values(sv)
+        for p, s in zip(pv, sv):
+            np.testing.assert_array_equal(p.numpy(), s.numpy())
+
+
+def test_validation_and_evaluate_see_clean_weights():
+    x, y = toy_data()
+    model = small_model()
+    opt = kp.PerturbedAdam(learning_rate=1e-2, **PERT)
+    model.compile(optimizer=opt, loss=LOSS)
+    history = model.fit(x, y, batch_size=32, epochs=2, shuffle=False, verbose=0,
+                        validation_data=(x[:64], y[:64]), callbacks=[kp.PerturbationCallback()])
+    assert not opt.perturbation_is_applied  # fit returned the clean weights
+    clean_val = model.evaluate(x[:64], y[:64], verbose=0)
+    np.testing.assert_allclose(history.history["val_loss"][-1], clean_val, rtol=1e-6)
+    opt.apply_perturbation()
+    perturbed_val = model.evaluate(x[:64], y[:64], verbose=0)
+    assert abs(perturbed_val - clean_val) > 1e-4
+
+
+def test_clean_weights_context_and_idempotent_removal():
+    model = fit(kp.PerturbedAdam(learning_rate=1e-2, **PERT), epochs=1)
+    opt = model.optimizer
+    clean = weights(model)
+    opt.apply_perturbation()
+    opt.apply_perturbation()  # twice: no double perturbation
+    perturbed = weights(model)
+    assert any(not np.array_equal(a, b) for a, b in zip(clean, perturbed))
+    with opt.clean_weights():
+        for a, b in zip(clean, weights(model)):
+            np.testing.assert_array_equal(a, b)
+    for a, b in zip(perturbed, weights(model)):
+        np.testing.assert_array_equal(a, b)  # the same u, bit for bit
+    opt.remove_perturbation()
+    opt.remove_perturbation()  # twice: never subtracts u twice
+    opt.finalize_variable_values(model.trainable_variables)
+    for a, b in zip(clean, weights(model)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_evaluating_between_epochs_does_not_change_training():
+    """Validation, checkpoints and epoch-end removal re-apply the perturbation exactly."""
+    args = dict(learning_rate=1e-2, steps_per_epoch=4, **PERT)
+    a = fit(kp.PerturbedAdam(**args), epochs=3, validation=True, callbacks=[kp.PerturbationCallback()])
+    b = fit(kp.PerturbedAdam(**args), epochs=3)
+    for wa, wb in zip(weights(a), weights(b)):
+        np.testing.assert_array_equal(wa, wb)
+
+
+def test_model_checkpoint_saves_clean_weights(tmp_path):
+    path = str(tmp_path / "ckpt.weights.h5")
+    model = fit(kp.PerturbedAdam(learning_rate=1e-2, **PERT), epochs=2, validation=True,
+                callbacks=[kp.PerturbationCallback(),
+                           keras.callbacks.ModelCheckpoint(path, save_weights_only=True)])
+    fresh = small_model(seed=9)
+    fresh.load_weights(path)
+    for a, b in zip(weights(model), weights(fresh)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_checkpoint_before_the_callback_still_sees_clean_weights_at_epoch_end(tmp_path):
+    path = str(tmp_path / "ckpt.weights.h5")
+    model = fit(kp.PerturbedAdam(learning_rate=1e-2, **PERT), epochs=2,
+                callbacks=[keras.callbacks.ModelCheckpoint(path, save_weights_only=True),
+                           kp.PerturbationCallback()])
+    fresh = small_model(seed=9)
+    fresh.load_weights(path)
+    for a, b in zip(weights(model), weights(fresh)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+def test_no_retrace_after_the_first_epoch(jit):
+    """The epoch counter is a variable: later epochs reuse the first epoch's trace."""
+    opt = kp.PerturbedAdam(learning_rate=1e-2, **PERT)
+    traces = []
+    original = opt._perturbed_apply
+
+    def counting(*args):
+        traces.append(1)
+        return original(*args)
+
+    opt._perturbed_apply = counting
+    per_epoch = []
+    record = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: per_epoch.append(len(traces)))
+    fit(opt, epochs=4, jit=jit, callbacks=[kp.PerturbationCallback(), record])
+    assert per_epoch[0] >= 1 and per_epoch == [per_epoch[0]] * 4
+    assert per_epoch[0] <= 2  # tf.function may trace twice on its first call, as it does for Adam
+    assert int(opt._epoch.numpy()) == 4  # the epoch advanced without retracing
+
+
+def test_same_seed_bit_identical_other_seed_differs():
+    a = fit(kp.PerturbedAdam(learning_rate=1e-2, **PERT))
+    b = fit(kp.PerturbedAdam(learning_rate=1e-2, **PERT))
+    c = fit(kp.PerturbedAdam(learning_rate=1e-2, **{**PERT, "seed": 6}))
+    for wa, wb in zip(weights(a), weights(b)):
+        np.testing.assert_array_equal(wa, wb)
+    assert any(not np.array_equal(wa, wc) for wa, wc in zip(weights(a), weights(c)))
+
+
+def test_save_load_restores_every_slot_and_training_continues_identically(tmp_path):
+    args = dict(learning_rate=1e-2, **PERT)
+    cb = [kp.PerturbationCallback()]
+    model = fit(kp.PerturbedAdam(**args), epochs=2, callbacks=cb)
+    path = str(tmp_path / "m.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.optimizer) is kp.PerturbedAdam
+    assert loaded.optimizer.get_config() == model.optimizer.get_config()
+    for a, b in zip(model.optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    x, y = toy_data()
+    for m in (model, loaded):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m.fit(x, y, batch_size=32, epochs=4, initial_epoch=2, shuffle=False, verbose=0,
+                  callbacks=[kp.PerturbationCallback()])
+    for a, b in zip(weights(model), weights(loaded)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_resumed_run_continues_as_if_never_stopped(tmp_path):
+    args = dict(learning_rate=1e-2, **PERT)
+    straight = fit(kp.PerturbedAdam(**args), epochs=4, callbacks=[kp.PerturbationCallback()])
+    first = fit(kp.PerturbedAdam(**args), epochs=2, callbacks=[kp.PerturbationCallback()])
+    path = str(tmp_path / "half.keras")
+    first.save(path)
+    resumed = keras.models.load_model(path)
+    x, y = toy_data()
+    resumed.fit(x, y, batch_size=32, epochs=4, initial_epoch=2, shuffle=False, verbose=0,
+                callbacks=[kp.PerturbationCallback()])
+    for a, b in zip(weights(straight), weights(resumed)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_perturbed_lion_saves_and_loads(tmp_path):
+    opt = kp.perturb(keras.optimizers.Lion(learning_rate=1e-3), **PERT)
+    model = fit(opt, epochs=1, callbacks=[kp.PerturbationCallback()])
+    path = str(tmp_path / "lion.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert type(loaded.optimizer).__name__ == "PerturbedLion"
+
+
+def test_export_serves_the_clean_model(tmp_path):
+    model = fit(kp.PerturbedAdam(learning_rate=1e-2, **PERT), epochs=2,
+                callbacks=[kp.PerturbationCallback()])
+    x, _ = toy_data()
+    path = str(tmp_path / "exported")
+    model.export(path, verbose=False)
+    reloaded = tf.saved_model.load(path)  # keep a reference: its variables die with it
+    served = reloaded.serve(tf.constant(x)).numpy()
+    np.testing.assert_allclose(served, model.predict(x, verbose=0), atol=1e-6)
+    model.optimizer.apply_perturbation()  # perturbed weights really differ
+    assert np.max(np.abs(served - model.predict(x, verbose=0))) > 1e-4
+
+
+def test_warns_without_callback_and_not_with_it():
+    x, y = toy_data()
+    model = small_model()
+    model.compile(optimizer=kp.PerturbedAdam(**PERT), loss=LOSS)
+    with pytest.warns(UserWarning, match="PerturbationCallback"):
+        model.fit(x, y, epochs=1, verbose=0)
+    model = small_model()
+    model.compile(optimizer=kp.PerturbedAdam(**PERT), loss=LOSS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        model.fit(x, y, epochs=1, verbose=0, callbacks=[kp.PerturbationCallback()])
+
+
+def test_nonfinite_gradient_skips_the_step():
+    x, y = toy_data()
+    model = small_model()
+    opt = kp.PerturbedAdam(learning_rate=1e-2, **PERT)
+    model.compile(optimizer=opt, loss=LOSS)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[kp.PerturbationCallback()])
+    opt.apply_perturbation()
+    before_vars = [np.asarray(v) for v in model.trainable_variables]
+    before_opt = [np.asarray(v) for v in opt.variables]
+    bad = [tf.fill(v.shape, np.nan) for v in model.trainable_variables]
+    opt.apply(bad, model.trainable_variables)
+    for a, v in zip(before_vars, model.trainable_variables):
+        np.testing.assert_array_equal(a, v.numpy())
+    skipped = {id(opt._nonfinite_steps.value)}
+    for a, v in zip(before_opt, opt.variables):
+        if id(v.value) not in skipped:
+            np.testing.assert_array_equal(a, np.asarray(v))
+    assert int(opt.nonfinite_steps.numpy()) == 1
