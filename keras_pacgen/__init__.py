@@ -2,20 +2,36 @@
 
 * Perturbed optimizers (Algorithm 1, PertOPT): `PerturbedAdam`, `PerturbedSGD`, `perturbed()`
   and `perturb()` for any Keras optimizer.
-* `PerturbationCallback`: clean weights for validation, evaluation, checkpoints and export.
+* The pacGen metric ψ: `psi`, `optimal_sigma`, `pac_bayes_bound` (pure functions), `PacGen`
+  (a Keras metric), `pacgen_score` (any trained model, from data).
+* Callbacks: `PerturbationCallback` (clean weights for validation, checkpoints and export) and
+  `PacGenCallback` (clean generalization gap and ψ while training).
 """
 
-from keras_pacgen.callbacks import PerturbationCallback
+from keras_pacgen.callbacks import PacGenCallback, PerturbationCallback
+from keras_pacgen.metrics import PacGen, optimizer_estimates, psi_from_optimizer
 from keras_pacgen.optimizers import PerturbedAdam, PerturbedSGD, perturb, perturbed
+from keras_pacgen.pacgen import optimal_sigma, pac_bayes_bound, psi, psi_terms
 from keras_pacgen.perturbation import PerturbationMixin
+from keras_pacgen.scoring import PacGenScore, pacgen_score
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "PacGen",
+    "PacGenCallback",
+    "PacGenScore",
     "PerturbationCallback",
     "PerturbationMixin",
     "PerturbedAdam",
     "PerturbedSGD",
+    "optimal_sigma",
+    "optimizer_estimates",
+    "pac_bayes_bound",
+    "pacgen_score",
     "perturb",
     "perturbed",
+    "psi",
+    "psi_from_optimizer",
+    "psi_terms",
 ]
