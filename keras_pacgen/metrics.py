@@ -28,6 +28,12 @@ def has_estimates(optimizer) -> bool:
     return bool(perturbed_optimizers(opt)) or hasattr(opt, "_velocities") and hasattr(opt, "beta_2")
 
 
+def require_estimates(optimizer) -> None:
+    """Raise a `ValueError` that says what to use instead when `optimizer` keeps no estimate."""
+    if not has_estimates(optimizer):
+        raise ValueError(_NO_ESTIMATE.format(name=type(_unwrap(optimizer)).__name__))
+
+
 def optimizer_estimates(optimizer, variables):
     """(clean weights, bias-corrected H_ii, ρ) from an optimizer's state; graph-friendly.
 
@@ -129,8 +135,7 @@ class PacGen(keras.metrics.Metric):
             )
         if model.optimizer is None:
             raise ValueError("PacGen reads the optimizer's state: compile the model first.")
-        if not has_estimates(model.optimizer):
-            raise ValueError(_NO_ESTIMATE.format(name=type(_unwrap(model.optimizer)).__name__))
+        require_estimates(model.optimizer)
 
         def compute():
             self.value.assign(tf.cast(psi_from_optimizer(model, gamma=self.gamma, epsilon=self.epsilon), self.value.dtype))

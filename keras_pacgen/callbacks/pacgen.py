@@ -82,10 +82,9 @@ class PacGenCallback(PerturbationCallback):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         if self.psi_estimator == "optimizer":
-            from keras_pacgen.metrics import has_estimates, optimizer_estimates
+            from keras_pacgen.metrics import require_estimates
 
-            if not has_estimates(self.model.optimizer):
-                optimizer_estimates(self.model.optimizer, [])  # raises the explanatory error
+            require_estimates(self.model.optimizer)
         if self.tensorboard_dir and self._writer is None:
             self._writer = tf.summary.create_file_writer(self.tensorboard_dir)
 
