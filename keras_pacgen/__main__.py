@@ -1,0 +1,5 @@
+import sys
+
+from keras_pacgen.cli import main
+
+sys.exit(main())

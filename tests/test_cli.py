@@ -1,0 +1,87 @@
+"""The main job end to end, the score command, bad flags, and the committed reference SavedModel."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_pacgen import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+REFERENCE = ROOT / "saved_models" / "reference" / "mnist1d_cnn_perturbed_adam"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    out, export = tmp / "run", tmp / "export"
+    assert cli.main(["train", "--epochs", "3", "--out", str(out), "--export", str(export), "--verbose", "0"]) == 0
+    return out, export
+
+
+def test_main_job_writes_everything_it_promises(run, capsys):
+    out, export = run
+    rows = list(csv.DictReader(open(out / "pacgen.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert all(np.isfinite(float(r[k])) for r in rows for k in ("gen_gap", "pacgen", "clean_train_loss"))
+    history = list(csv.DictReader(open(out / "history.csv")))
+    assert len(history) == 3 and {"gen_gap", "pacgen", "val_loss", "accuracy"} <= set(history[0])
+    assert any("tfevents" in f for _, _, fs in os.walk(out / "tensorboard") for f in fs)
+    assert any("tfevents" in f for _, _, fs in os.walk(out / "tensorboard" / "pacgen") for f in fs)
+    assert (out / "gap_psi.png").stat().st_size > 5000
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["test_accuracy"] > 0.3  # three epochs on MNIST-1D, ten classes
+    assert (out / "model.keras").exists()
+    served = tf.saved_model.load(str(export))
+    from keras_pacgen import datasets
+
+    x = datasets.load("mnist1d").arrays[2][:32]
+    import keras
+
+    model = keras.models.load_model(out / "model.keras")
+    np.testing.assert_allclose(served.serve(tf.constant(x)).numpy(), model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_score_command_on_the_export_and_the_keras_file(run, capsys):
+    out, export = run
+    for path in (str(export), str(out / "model.keras")):
+        assert cli.main(["score", path, "--dataset", "mnist1d", "--max-batches", "2"]) == 0
+        printed = capsys.readouterr().out
+        assert "pacGen psi" in printed and "kappa term" in printed
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["train", "--optimizer", "rmsprop"], "invalid choice: 'rmsprop'"),
+        (["train", "--dataset", "imagenet"], "choose from"),
+        (["train", "--eta", "0"], "must be > 0.0"),
+        (["train", "--epochs", "0"], "must be >= 1"),
+        (["train", "--gamma", "nan"], "must be finite"),
+        (["score", "x.keras"], "--dataset"),
+    ],
+)
+def test_bad_flags_give_usage_errors(argv, expected):
+    proc = subprocess.run([sys.executable, "-m", "keras_pacgen", *argv], capture_output=True, text=True,
+                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 2
+    assert "usage: pacgen" in proc.stderr and expected in proc.stderr
+
+
+def test_unavailable_dataset_is_a_clear_message_not_a_traceback(tmp_path, capsys):
+    code = cli.main(["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--epochs", "1"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "not available" in err and "Traceback" not in err
+
+
+def test_reference_saved_model_still_loads():
+    reference = np.load(REFERENCE / "reference_io.npz")
+    served = tf.saved_model.load(str(REFERENCE))
+    np.testing.assert_allclose(served.serve(tf.constant(reference["x"])).numpy(), reference["y"], atol=1e-5)
