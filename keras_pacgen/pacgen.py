@@ -80,7 +80,7 @@ def psi_terms(
         kappa = gamma * tf.abs(w) + epsilon
         log_inv_kappa = -tf.math.log(kappa)
 
-        def log_max(a):
+        def log_max(a, log_inv_kappa=log_inv_kappa):
             # log max(sqrt(a), 1/κ) with sqrt(a) := 0 for a <= 0 (footnote 5)
             half_log = 0.5 * tf.math.log(tf.where(a > 0, a, tf.ones_like(a)))
             return tf.where(a > 0, tf.maximum(half_log, log_inv_kappa), log_inv_kappa)

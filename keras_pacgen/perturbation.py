@@ -93,6 +93,27 @@ _EPOCH_NOTE = (
 )
 
 
+def neighbourhood_radius(weights, *, gamma: float, epsilon: float, log_epoch):
+    """κ = γ / log(1 + epoch) · |w| + ε (Algorithm 1 line 8), clipped to the dtype's maximum."""
+    weights = tf.convert_to_tensor(weights)
+    kappa = (gamma / tf.cast(log_epoch, weights.dtype)) * tf.abs(weights) + epsilon
+    return tf.minimum(kappa, weights.dtype.max)
+
+
+def perturbation_scale(hessian, rho, kappa, mask, *, eta: float, log_epoch):
+    """σ of Algorithm 1 line 9, for tensors of one shape::
+
+        σ = min( 1 / (log(1 + epoch) · sqrt(η (h + ρ κ))),  κ ) · mask
+
+    Written as a select on ``denominator · κ > 1`` so that h = ρ = 0 gives κ, not 1/0, and an
+    overflowing denominator gives 0: for finite h >= 0, ρ >= 0 and κ > 0, σ is finite and
+    0 <= σ <= κ.
+    """
+    log_epoch = tf.cast(log_epoch, kappa.dtype)
+    denominator = log_epoch * tf.sqrt(eta * (hessian + rho * kappa))
+    return tf.where(denominator * kappa > 1.0, 1.0 / denominator, kappa) * mask
+
+
 def _replica_update(variables_and_fns):
     """Run `fn(variable_component)` on every device copy of each variable (any tf.distribute)."""
 
@@ -396,19 +417,20 @@ class PerturbationMixin:
                 sigma.assign(tf.zeros_like(sigma))
                 rho.assign(tf.zeros_like(rho))
                 return
-            dtype = v.dtype
             w_new, w_prev = tf.identity(v), tf.identity(clean)
             if norm is None:
                 n = tf.sqrt(tf.reduce_sum(tf.square(w_new - w_prev)))
             else:
-                n = tf.cast(norm, dtype)
-            le = tf.cast(log_epoch, dtype)
+                n = tf.cast(norm, v.dtype)
             rho_value = tf.math.divide_no_nan(rho, n)
-            w_kappa = w_prev if self.kappa_weights == "previous" else w_new
-            kappa = (self.gamma / le) * tf.abs(w_kappa) + self.kappa_epsilon
-            denom = le * tf.sqrt(self.eta * (h + rho_value * kappa))
-            sigma_value = tf.where(denom * kappa > 1.0, 1.0 / denom, kappa) * sigma
-            u = sigma_value * uniform_unit(v.shape, dtype, self.seed, step, idx)
+            kappa = neighbourhood_radius(
+                w_prev if self.kappa_weights == "previous" else w_new,
+                gamma=self.gamma, epsilon=self.kappa_epsilon, log_epoch=log_epoch,
+            )
+            sigma_value = perturbation_scale(
+                h, rho_value, kappa, sigma, eta=self.eta, log_epoch=log_epoch
+            )
+            u = sigma_value * uniform_unit(v.shape, v.dtype, self.seed, step, idx)
             clean.assign(w_new)
             rho.assign(rho_value)
             sigma.assign(sigma_value)

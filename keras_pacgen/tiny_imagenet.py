@@ -53,7 +53,7 @@ class TinyImagenet(tfds.core.GeneratorBasedBuilder):
             homepage="http://cs231n.stanford.edu/",
         )
 
-    def _root(self, dl_manager) -> os.PathLike:
+    def _root(self, dl_manager) -> tfds.core.Path:
         manual = getattr(dl_manager, "_manual_dir", None)
         if manual is not None and tfds.core.Path(manual).exists():
             manual = tfds.core.Path(manual)

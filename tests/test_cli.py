@@ -67,11 +67,18 @@ def test_score_command_on_the_export_and_the_keras_file(run, capsys):
         (["score", "x.keras"], "--dataset"),
     ],
 )
-def test_bad_flags_give_usage_errors(argv, expected):
-    proc = subprocess.run([sys.executable, "-m", "keras_pacgen", *argv], capture_output=True, text=True,
-                          env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-    assert proc.returncode == 2
-    assert "usage: pacgen" in proc.stderr and expected in proc.stderr
+def test_bad_flags_give_usage_errors(argv, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "usage: pacgen" in err and expected in err
+
+
+def test_python_dash_m_is_the_same_command():
+    proc = subprocess.run([sys.executable, "-m", "keras_pacgen", "train", "--optimizer", "rmsprop"],
+                          capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert proc.returncode == 2 and "invalid choice: 'rmsprop'" in proc.stderr
 
 
 def test_unavailable_dataset_is_a_clear_message_not_a_traceback(tmp_path, capsys):
