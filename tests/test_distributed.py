@@ -20,3 +20,16 @@ def test_mirrored_replicas_identical_and_match_single_device():
     assert result["mirrored_variables_checked"] > 10  # weights and every optimizer slot
     assert result["identical"]
     assert result["max_diff_vs_single"] < 1e-5
+
+
+def test_multi_worker_mirrored_two_processes_on_localhost():
+    """examples/multi_worker.py: two workers on 127.0.0.1 end with bit-identical weights."""
+    example = Path(__file__).resolve().parents[1] / "examples" / "multi_worker.py"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    out = subprocess.run([sys.executable, str(example), "--launch", "2", "--epochs", "1"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert len(lines) == 2 and all(r["workers"] == 2 and r["steps"] == 16 for r in lines)
+    assert lines[0]["sha256"] == lines[1]["sha256"]
+    assert "identical weights on all 2 workers: True" in out.stdout

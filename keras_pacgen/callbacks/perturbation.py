@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import keras
 
 from keras_pacgen.perturbation import PerturbationMixin
@@ -37,7 +39,8 @@ class PerturbationCallback(keras.callbacks.Callback):
     * back in: at the next ``on_train_batch_begin``.
 
     It also sets the optimizer's epoch counter (1-based) in ``on_epoch_begin`` unless the
-    optimizer was given ``steps_per_epoch``.
+    optimizer was given ``steps_per_epoch``, and once a step has been skipped for a non-finite
+    gradient it warns and reports the running count as ``logs["nonfinite_steps"]``.
 
     Put it first in ``callbacks=[...]``: callbacks before it that save the model from
     ``on_train_batch_end`` (``ModelCheckpoint(save_freq=N)``) would see perturbed weights.
@@ -49,6 +52,7 @@ class PerturbationCallback(keras.callbacks.Callback):
         self._optimizers: list[PerturbationMixin] = []
         self._removed = False
         self._training = False
+        self._nonfinite_seen = 0
 
     def _find(self):
         return perturbed_optimizers(getattr(self.model, "optimizer", None))
@@ -89,6 +93,20 @@ class PerturbationCallback(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self._remove()
+        self._report_nonfinite(epoch, logs)
+
+    def _report_nonfinite(self, epoch, logs):
+        total = sum(int(opt.nonfinite_steps.numpy()) for opt in self._optimizers if opt.built)
+        if total > self._nonfinite_seen:
+            warnings.warn(
+                f"Epoch {epoch + 1}: {total - self._nonfinite_seen} training step(s) had NaN or Inf "
+                f"gradients and were skipped (weights and perturbation state unchanged); "
+                f"{total} so far.",
+                stacklevel=2,
+            )
+        if total and logs is not None:
+            logs["nonfinite_steps"] = total
+        self._nonfinite_seen = total
 
     def on_train_end(self, logs=None):
         self._remove()
