@@ -114,6 +114,64 @@ def perturbation_scale(hessian, rho, kappa, mask, *, eta: float, log_epoch):
     return tf.where(denominator * kappa > 1.0, 1.0 / denominator, kappa) * mask
 
 
+def _moments(gradient, h_old, h_new, *, threshold: float):
+    """max_i |h_new − h_old| and the step's scratch value of the σ slot.
+
+    The scratch value is ``|h_new − h_old|`` where ``|g| < β2`` (the coordinate will be perturbed)
+    and −1 where it is masked: the σ slot carries both to the end of the step.
+    """
+    delta = tf.abs(h_new - h_old)
+    scratch = tf.where(tf.abs(gradient) < threshold, delta, -tf.ones_like(delta))
+    return tf.reduce_max(delta) if delta.shape.num_elements() else tf.zeros((), delta.dtype), scratch
+
+
+def _own_moments(gradient, h_old, *, decay: float, threshold: float):
+    """h_{t+1} = β1 h_t + (1 − β1) g² (Algorithm 1 line 14), then `_moments`."""
+    h_new = h_old + (tf.square(gradient) - h_old) * (1.0 - decay)
+    max_delta, scratch = _moments(gradient, h_old, h_new, threshold=threshold)
+    return h_new, max_delta, scratch
+
+
+def _new_perturbation(w_new, w_prev, h, scratch, max_delta, norm, log_epoch, step, index, *,
+                      eta, gamma, epsilon, seed, kappa_previous):
+    """Algorithm 1 lines 7-11 for one variable: (σ in bfloat16, ρ = max_i ρ[i], w + u)."""
+    if norm is None:  # rho_norm="variable"
+        norm = tf.sqrt(tf.reduce_sum(tf.square(w_new - w_prev)))
+    norm = tf.cast(norm, w_new.dtype)
+    scratch = tf.cast(scratch, w_new.dtype)
+    rho = tf.math.divide_no_nan(tf.maximum(scratch, 0.0), norm)  # ρ[i], unmasked coordinates
+    kappa = neighbourhood_radius(
+        w_prev if kappa_previous else w_new, gamma=gamma, epsilon=epsilon, log_epoch=log_epoch
+    )
+    mask = tf.cast(scratch >= 0.0, w_new.dtype)
+    sigma = tf.cast(perturbation_scale(h, rho, kappa, mask, eta=eta, log_epoch=log_epoch), tf.bfloat16)
+    noisy = _noisy(w_new, sigma, step, index, seed=seed)
+    return sigma, tf.math.divide_no_nan(tf.cast(max_delta, norm.dtype), norm), noisy
+
+
+def _noisy(w, sigma, step, index, *, seed):
+    """w + σ ⊙ r. σ has 8 significant bits, r 16: the product is exact, w + u rounds once."""
+    return w + tf.cast(sigma, w.dtype) * uniform_unit(w.shape, w.dtype, seed, step, index)
+
+
+def _squared_distance(pairs):
+    return tf.add_n([tf.reduce_sum(tf.square(tf.cast(a, tf.float32) - tf.cast(b, tf.float32))) for a, b in pairs])
+
+
+# The per-step arithmetic runs as small XLA kernels even when the train step is not compiled:
+# without fusion each elementwise op is one more pass over the weights.
+_fused = {
+    name: tf.function(fn, jit_compile=True, autograph=False)
+    for name, fn in (
+        ("moments", _moments),
+        ("own_moments", _own_moments),
+        ("new_perturbation", _new_perturbation),
+        ("noisy", _noisy),
+        ("squared_distance", _squared_distance),
+    )
+}
+
+
 def _replica_update(variables_and_fns):
     """Run `fn(variable_component)` on every device copy of each variable (any tf.distribute)."""
 
@@ -231,23 +289,36 @@ class PerturbationMixin:
             return
         super().build(var_list)
         self._epoch = self.add_variable(
-            (), initializer="ones", dtype="int64", name="perturbation_epoch"
+            (), initializer="ones", dtype="int32", name="perturbation_epoch"
         )
         self._perturbation_applied = self.add_variable(
-            (), initializer="zeros", dtype="int64", name="perturbation_applied"
+            (), initializer="zeros", dtype="int32", name="perturbation_applied"
         )
         self._nonfinite_steps = self.add_variable(
-            (), initializer="zeros", dtype="int64", name="nonfinite_steps"
+            (), initializer="zeros", dtype="int32", name="nonfinite_steps"
         )
         shared = self._shared_second_moment()
         self._hessian_is_shared = shared is not None
-        if shared is None:
-            self._hessians = self.add_optimizer_variables(var_list, "hessian")
-        else:
-            self._hessians = shared
-        self._rhos, self._sigmas, self._clean_weights = self.add_optimizer_variables(
-            var_list, ["rho", "sigma", "clean"]
-        )
+        self._hessians = shared if shared is not None else self.add_optimizer_variables(var_list, "hessian")
+        # σ in bfloat16 (see noise.py: it makes u = σ·r exact); ρ one number per variable, the max
+        # over its coordinates (the per-coordinate ρ[i] only lives inside the step).
+        # σ values are always rounded to bfloat16; MultiWorkerMirroredStrategy cannot broadcast a
+        # bfloat16 variable (CollectiveBcastSend), so there they sit in a float32 slot.
+        collective = isinstance(self._distribution_strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        sigma_dtype = "float32" if collective else "bfloat16"
+        self._sigmas, self._rhos = [], []
+        for var in var_list:
+            if self._overwrite_variable_with_gradient(var):
+                self._sigmas.append(None)
+                self._rhos.append(None)
+                continue
+            prefix = getattr(var, "path", var.name).replace("/", "_")
+            self._sigmas.append(
+                self.add_variable(var.shape, dtype=sigma_dtype, name=f"{prefix}_sigma",
+                                  layout=getattr(var, "_layout", None))
+            )
+            self._rhos.append(self.add_variable((), dtype="float32", name=f"{prefix}_rho"))
+        self._clean_weights = self.add_optimizer_variables(var_list, "clean")
 
     def _shared_second_moment(self):
         if self._second_moment_source is None:
@@ -283,7 +354,7 @@ class PerturbationMixin:
 
     # ------------------------------------------------------------------ step
     def update_step(self, gradient, variable, learning_rate):
-        """Wrapped update on the clean weights, plus h (line 14), |Δh| and the |g| < β2 mask."""
+        """Wrapped update on the clean weights, plus h (line 14), max|Δh| and the |g| < β2 mask."""
         idx = self._get_variable_index(variable)
         rho, sigma = self._rhos[idx], self._sigmas[idx]
         if sigma is None:  # variable updated by overwrite_with_gradient: never perturbed
@@ -292,11 +363,17 @@ class PerturbationMixin:
         dense = ops.cast(ops.convert_to_tensor(gradient), variable.dtype)
         h_old = tf.identity(_tf_var(h))
         super().update_step(gradient, variable, learning_rate)
-        if not self._hessian_is_shared:
-            self.assign_add(h, ops.multiply(ops.subtract(ops.square(dense), h_old), 1 - self.hessian_decay))
-        h_new = ops.convert_to_tensor(h)
-        self.assign(rho, ops.abs(ops.subtract(h_new, h_old)))  # ρ numerator, divided in _perturb
-        self.assign(sigma, ops.cast(ops.less(ops.abs(dense), self.grad_threshold), variable.dtype))
+        if self._hessian_is_shared:
+            max_delta, scratch = _fused["moments"](
+                dense, h_old, tf.identity(_tf_var(h)), threshold=self.grad_threshold
+            )
+        else:
+            h_new, max_delta, scratch = _fused["own_moments"](
+                dense, h_old, decay=self.hessian_decay, threshold=self.grad_threshold
+            )
+            self.assign(h, h_new)
+        self.assign(rho, max_delta)  # divided by ‖w_t − w_{t−1}‖ in _perturb
+        self.assign(sigma, tf.cast(tf.cast(scratch, tf.bfloat16), sigma.dtype))
 
     def apply(self, grads, trainable_variables=None):
         if not self.built:
@@ -369,9 +446,8 @@ class PerturbationMixin:
                 continue
 
             def fn(v, clean=clean):
-                w = tf.where(applied, _tf_var(clean), v)
-                v.assign(w)
-                _tf_var(clean).assign(w)
+                clean = _tf_var(clean)
+                tf.cond(applied, lambda: v.assign(clean), lambda: clean.assign(v))
 
             pairs.append((_tf_var(var), fn))
         _replica_update(pairs)
@@ -381,27 +457,26 @@ class PerturbationMixin:
 
     def _perturb(self, variables, has_grad):
         """Algorithm 1 lines 7-11 for the next step; leaves the variables holding w + u."""
-        step = ops.convert_to_tensor(self._iterations)  # already advanced: the draw's step
+        step = tf.identity(_tf_var(self._iterations))  # already advanced: the draw's step
         log_epoch = self._log_epoch()
         norm = None
         if self.rho_norm == "global":
-            squares = []
-            for var, g in zip(variables, has_grad):
-                clean = self._clean_weights[self._get_variable_index(var)]
-                if g and clean is not None:
-                    delta = ops.cast(ops.subtract(var, clean), "float32")
-                    squares.append(ops.sum(ops.square(delta)))
-            norm = ops.sqrt(ops.sum(ops.stack(squares))) if squares else ops.zeros(())
-        pairs = []
+            pairs = [
+                (var, self._clean_weights[self._get_variable_index(var)])
+                for var, g in zip(variables, has_grad)
+                if g and self._clean_weights[self._get_variable_index(var)] is not None
+            ]
+            values = [(tf.identity(_tf_var(a)), tf.identity(_tf_var(b))) for a, b in pairs]
+            squares = _fused["squared_distance"](values) if values else tf.zeros(())
+            norm = tf.sqrt(squares)
+        updates = []
         for var, g in zip(variables, has_grad):
             idx = self._get_variable_index(var)
             if self._clean_weights[idx] is None:
                 continue
-            pairs.append(
-                (_tf_var(var), self._perturb_fn(idx, bool(g), norm, log_epoch, step))
-            )
-        pairs.append((_tf_var(self._perturbation_applied), lambda a: a.assign(1)))
-        _replica_update(pairs)
+            updates.append((_tf_var(var), self._perturb_fn(idx, bool(g), norm, log_epoch, step)))
+        updates.append((_tf_var(self._perturbation_applied), lambda a: a.assign(1)))
+        _replica_update(updates)
 
     def _perturb_fn(self, idx, has_grad, norm, log_epoch, step):
         clean, rho, sigma = (
@@ -418,29 +493,22 @@ class PerturbationMixin:
                 rho.assign(tf.zeros_like(rho))
                 return
             w_new, w_prev = tf.identity(v), tf.identity(clean)
-            if norm is None:
-                n = tf.sqrt(tf.reduce_sum(tf.square(w_new - w_prev)))
-            else:
-                n = tf.cast(norm, v.dtype)
-            rho_value = tf.math.divide_no_nan(rho, n)
-            kappa = neighbourhood_radius(
-                w_prev if self.kappa_weights == "previous" else w_new,
-                gamma=self.gamma, epsilon=self.kappa_epsilon, log_epoch=log_epoch,
+            new_sigma, new_rho, noisy = _fused["new_perturbation"](
+                w_new, w_prev, tf.identity(h), tf.identity(sigma), tf.identity(rho), norm,
+                log_epoch, step, tf.constant(idx, tf.int32), eta=self.eta, gamma=self.gamma,
+                epsilon=self.kappa_epsilon, seed=self.seed,
+                kappa_previous=self.kappa_weights == "previous",
             )
-            sigma_value = perturbation_scale(
-                h, rho_value, kappa, sigma, eta=self.eta, log_epoch=log_epoch
-            )
-            u = sigma_value * uniform_unit(v.shape, v.dtype, self.seed, step, idx)
             clean.assign(w_new)
-            rho.assign(rho_value)
-            sigma.assign(sigma_value)
-            v.assign(w_new + u)
+            rho.assign(new_rho)
+            sigma.assign(tf.cast(new_sigma, sigma.dtype))
+            v.assign(noisy)
 
         return fn
 
     # ------------------------------------------------------------------ clean weights
     def _draw(self, idx, variable):
-        sigma = _tf_var(self._sigmas[idx])
+        sigma = tf.cast(_tf_var(self._sigmas[idx]), variable.dtype)
         return sigma * uniform_unit(variable.shape, variable.dtype, self.seed, self._iterations, idx)
 
     def _remove_graph(self):
@@ -466,8 +534,12 @@ class PerturbationMixin:
 
             def fn(v, idx=idx, clean=clean):
                 w = tf.identity(v)
+                noisy = _fused["noisy"](
+                    w, tf.identity(_tf_var(self._sigmas[idx])), tf.identity(_tf_var(self._iterations)),
+                    tf.constant(idx, tf.int32), seed=self.seed,
+                )
                 _tf_var(clean).assign(tf.where(applied, _tf_var(clean), w))
-                v.assign(tf.where(applied, w, w + self._draw(idx, v)))
+                v.assign(tf.where(applied, w, noisy))
 
             pairs.append((_tf_var(var), fn))
         pairs.append((_tf_var(self._perturbation_applied), lambda a: a.assign(1)))
@@ -530,7 +602,7 @@ class PerturbationMixin:
         return {
             "hessian": ops.convert_to_tensor(self._hessians[idx]),
             "rho": ops.convert_to_tensor(self._rhos[idx]),
-            "sigma": ops.convert_to_tensor(self._sigmas[idx]),
+            "sigma": tf.cast(ops.convert_to_tensor(self._sigmas[idx]), variable.dtype),
             "perturbation": self._draw(idx, variable),
             "clean_weights": ops.convert_to_tensor(self._clean_weights[idx])
             if self.perturbation_is_applied

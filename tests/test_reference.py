@@ -3,15 +3,24 @@
 The model is linear regression y = x W + b with the mean squared error, whose gradient numpy
 computes in closed form. The only thing shared with the package is the uniform draw r ~ U(-1, 1)
 (u = σ ⊙ r), taken from `keras_pacgen.noise.uniform_unit` so that u can be checked exactly.
+The package keeps σ (and the per-coordinate |Δh| it carries through the step) at bfloat16
+precision, documented; the reference rounds the same two quantities.
 """
 
+
 import keras
+import ml_dtypes
 import numpy as np
 import pytest
 import tensorflow as tf
 
 import keras_pacgen as kp
 from keras_pacgen.noise import uniform_unit
+
+
+def bf16(a):
+    return a.astype(np.float32).astype(ml_dtypes.bfloat16).astype(np.float64)
+
 
 ETA, GAMMA, EPS, BETA2, BETA1 = 0.05, 0.5, 1e-3, 0.5, 0.9
 LR, SEED, SPE, STEPS = 0.05, 11, 3, 8
@@ -37,13 +46,13 @@ def reference_step(opt_name, w, u, h, state, g, t, idx_shapes, rho_norm, kappa_w
     rho, sigma, u_new = [], [], []
     for i, (wn, wp, hn, hp, gg) in enumerate(zip(w_new, w, h_new, h, g)):
         norm = global_norm if rho_norm == "global" else np.sqrt(np.sum((wn - wp) ** 2))
-        r_i = np.abs(hn - hp) / norm
+        r_i = bf16(np.abs(hn - hp)) / norm
         kw = wp if kappa_weights == "previous" else wn
         kappa = GAMMA / log_epoch * np.abs(kw) + EPS
         s = np.minimum(1.0 / (log_epoch * np.sqrt(ETA * (hn + r_i * kappa))), kappa)
-        s = s * (np.abs(gg) < BETA2)
+        s = bf16(s * (np.abs(gg) < BETA2))
         draw = uniform_unit(idx_shapes[i], tf.float32, SEED, t_next, i).numpy().astype(np.float64)
-        rho.append(r_i)
+        rho.append(np.max(np.abs(hn - hp)) / norm)  # the slot keeps max_i ρ[i] per variable
         sigma.append(s)
         u_new.append(s * draw)
     return w_new, u_new, h_new, rho, sigma
@@ -97,14 +106,14 @@ def test_optimizer_matches_numpy_reference(opt_name, rho_norm, kappa_weights):
             st = opt.perturbation_state(v)
             np.testing.assert_allclose(st["hessian"].numpy(), h[i], rtol=2e-4, atol=1e-9)
             np.testing.assert_allclose(st["rho"].numpy(), rho[i], rtol=2e-3, atol=1e-9)
-            np.testing.assert_allclose(st["sigma"].numpy(), sigma[i], rtol=2e-3, atol=1e-9)
+            np.testing.assert_allclose(st["sigma"].numpy(), sigma[i], rtol=8e-3, atol=1e-9)
             np.testing.assert_allclose(st["clean_weights"].numpy(), w[i], rtol=1e-4, atol=1e-6)
             # u is exactly σ ⊙ r for the package's σ, and within its bound.
             pert = st["perturbation"].numpy()
             draw = uniform_unit(v.shape, tf.float32, SEED, t + 1, i).numpy()
             np.testing.assert_array_equal(pert, st["sigma"].numpy() * draw)
             assert np.all(np.abs(pert) <= st["sigma"].numpy())
-            np.testing.assert_allclose(pert, u[i], rtol=2e-3, atol=1e-9)
+            np.testing.assert_allclose(pert, u[i], rtol=8e-3, atol=1e-9)
             # The variable holds w + u.
             np.testing.assert_array_equal(v.numpy(), st["clean_weights"].numpy() + pert)
             perturbed_coordinates += int(np.sum(sigma[i] > 0))
@@ -130,4 +139,4 @@ def test_first_step_is_unperturbed():
     opt.apply(grads, layer.trainable_variables)
     # With lr 0 the weights did not move, ρ = 0, and the new σ is positive.
     assert all(float(tf.reduce_max(opt.perturbation_state(v)["sigma"])) > 0 for v in layer.trainable_variables)
-    assert all(float(tf.reduce_max(opt.perturbation_state(v)["rho"])) == 0 for v in layer.trainable_variables)
+    assert all(float(opt.perturbation_state(v)["rho"]) == 0 for v in layer.trainable_variables)
