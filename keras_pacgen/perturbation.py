@@ -114,21 +114,31 @@ def perturbation_scale(hessian, rho, kappa, mask, *, eta: float, log_epoch):
     return tf.where(denominator * kappa > 1.0, 1.0 / denominator, kappa) * mask
 
 
-def _moments(gradient, h_old, h_new, *, threshold: float):
-    """max_i |h_new − h_old| and the step's scratch value of the σ slot.
+def _scratch(gradient, delta, threshold):
+    """max_i |Δh| and the step's scratch value of the σ slot.
 
-    The scratch value is ``|h_new − h_old|`` where ``|g| < β2`` (the coordinate will be perturbed)
-    and −1 where it is masked: the σ slot carries both to the end of the step.
+    The scratch value is ``|Δh|`` where ``|g| < β2`` (the coordinate will be perturbed) and −1
+    where it is masked: the σ slot carries both to the end of the step.
     """
-    delta = tf.abs(h_new - h_old)
     scratch = tf.where(tf.abs(gradient) < threshold, delta, -tf.ones_like(delta))
     return tf.reduce_max(delta) if delta.shape.num_elements() else tf.zeros((), delta.dtype), scratch
+
+
+def _moments(gradient, h_new, *, decay: float, threshold: float):
+    """For a second moment updated by the wrapped optimizer (h_new = β h + (1 − β) g²):
+    |h_new − h| = (1 − β)/β · |g² − h_new|, so the old h need not be kept (no copy of the slot)."""
+    delta = (1.0 - decay) / decay * tf.abs(tf.square(gradient) - h_new)
+    return _scratch(gradient, delta, threshold)
+
+
+def _moments_from_old(gradient, h_old, h_new, *, threshold: float):
+    return _scratch(gradient, tf.abs(h_new - h_old), threshold)
 
 
 def _own_moments(gradient, h_old, *, decay: float, threshold: float):
     """h_{t+1} = β1 h_t + (1 − β1) g² (Algorithm 1 line 14), then `_moments`."""
     h_new = h_old + (tf.square(gradient) - h_old) * (1.0 - decay)
-    max_delta, scratch = _moments(gradient, h_old, h_new, threshold=threshold)
+    max_delta, scratch = _moments_from_old(gradient, h_old, h_new, threshold=threshold)
     return h_new, max_delta, scratch
 
 
@@ -164,6 +174,7 @@ _fused = {
     name: tf.function(fn, jit_compile=True, autograph=False)
     for name, fn in (
         ("moments", _moments),
+        ("moments_from_old", _moments_from_old),
         ("own_moments", _own_moments),
         ("new_perturbation", _new_perturbation),
         ("noisy", _noisy),
@@ -361,17 +372,23 @@ class PerturbationMixin:
             return super().update_step(gradient, variable, learning_rate)
         h = self._hessians[idx]
         dense = ops.cast(ops.convert_to_tensor(gradient), variable.dtype)
-        h_old = tf.identity(_tf_var(h))
-        super().update_step(gradient, variable, learning_rate)
-        if self._hessian_is_shared:
+        if not self._hessian_is_shared:
+            h_new, max_delta, scratch = _fused["own_moments"](
+                dense, tf.identity(_tf_var(h)), decay=self.hessian_decay, threshold=self.grad_threshold
+            )
+            super().update_step(gradient, variable, learning_rate)
+            self.assign(h, h_new)
+        elif self.hessian_decay > 0:
+            super().update_step(gradient, variable, learning_rate)
             max_delta, scratch = _fused["moments"](
+                dense, tf.identity(_tf_var(h)), decay=self.hessian_decay, threshold=self.grad_threshold
+            )
+        else:  # β1 = 0: the old h cannot be recovered from the new one; keep a copy
+            h_old = tf.identity(_tf_var(h))
+            super().update_step(gradient, variable, learning_rate)
+            max_delta, scratch = _fused["moments_from_old"](
                 dense, h_old, tf.identity(_tf_var(h)), threshold=self.grad_threshold
             )
-        else:
-            h_new, max_delta, scratch = _fused["own_moments"](
-                dense, h_old, decay=self.hessian_decay, threshold=self.grad_threshold
-            )
-            self.assign(h, h_new)
         self.assign(rho, max_delta)  # divided by ‖w_t − w_{t−1}‖ in _perturb
         self.assign(sigma, tf.cast(tf.cast(scratch, tf.bfloat16), sigma.dtype))
 
