@@ -62,6 +62,15 @@ def _prepare(weights, hessian_diagonals, rho):
     return ws, hs, _rho_list(rho, len(ws)), m
 
 
+def _neighbourhood(weights, hessian_diagonals, rho, gamma, epsilon):
+    """Validated lists (w, H, ρ, κ = γ|w| + ε) and √m."""
+    gamma = check.check_float("gamma", gamma, low=0.0)
+    epsilon = check.check_float("epsilon", epsilon, low=0.0, low_inclusive=False)
+    ws, hs, rhos, m = _prepare(weights, hessian_diagonals, rho)
+    kappas = [gamma * tf.abs(w) + epsilon for w in ws]
+    return ws, hs, rhos, kappas, math.sqrt(m)
+
+
 def psi_terms(
     weights: Sequence, hessian_diagonals: Sequence, rho: Any, *, gamma: float = 0.1, epsilon: float = 0.1
 ) -> list[dict[str, tf.Tensor]]:
@@ -71,13 +80,9 @@ def psi_terms(
     ``hessian`` = Σ log max(sqrt(H), 1/κ) (the curvature part with ρ = 0) and ``rho`` = the rest of
     the curvature part, Σ log max(sqrt(H + ρ√m κ), 1/κ) − ``hessian``. psi = scale + hessian + rho.
     """
-    gamma = check.check_float("gamma", gamma, low=0.0)
-    epsilon = check.check_float("epsilon", epsilon, low=0.0, low_inclusive=False)
-    ws, hs, rhos, m = _prepare(weights, hessian_diagonals, rho)
-    sqrt_m = math.sqrt(m)
+    ws, hs, rhos, kappas, sqrt_m = _neighbourhood(weights, hessian_diagonals, rho, gamma, epsilon)
     out = []
-    for w, h, r in zip(ws, hs, rhos):
-        kappa = gamma * tf.abs(w) + epsilon
+    for w, h, r, kappa in zip(ws, hs, rhos, kappas):
         log_inv_kappa = -tf.math.log(kappa)
 
         def log_max(a, log_inv_kappa=log_inv_kappa):
@@ -122,13 +127,9 @@ def optimal_sigma(
         σ*_i = κ_i                                               otherwise
     """
     eta = check.check_float("eta", eta, low=0.0, low_inclusive=False)
-    gamma = check.check_float("gamma", gamma, low=0.0)
-    epsilon = check.check_float("epsilon", epsilon, low=0.0, low_inclusive=False)
-    ws, hs, rhos, m = _prepare(weights, hessian_diagonals, rho)
-    sqrt_m = math.sqrt(m)
+    ws, hs, rhos, kappas, sqrt_m = _neighbourhood(weights, hessian_diagonals, rho, gamma, epsilon)
     out = []
-    for w, h, r in zip(ws, hs, rhos):
-        kappa = gamma * tf.abs(w) + epsilon
+    for h, r, kappa in zip(hs, rhos, kappas):
         c = h / 3.0 + r * sqrt_m * kappa / 9.0
         safe_c = tf.where(c > 0, c, tf.ones_like(c))
         sigma = tf.where(c > 0, tf.minimum(tf.sqrt(1.0 / (eta * safe_c)), kappa), kappa)
@@ -167,9 +168,8 @@ def pac_bayes_bound(
     delta = check.check_float("delta", delta, low=0.0, high=1.0, low_inclusive=False, high_inclusive=False)
     n = check.check_int("n", n, low=1)
     empirical_loss = check.check_float("empirical_loss", empirical_loss)
-    ws, hs, rhos, m = _prepare(weights, hessian_diagonals, rho)
-    sqrt_m = math.sqrt(m)
-    kappas = [gamma * tf.abs(w) + epsilon for w in ws]
+    ws, hs, rhos, kappas, sqrt_m = _neighbourhood(weights, hessian_diagonals, rho, gamma, epsilon)
+    m = sum(int(np.prod(w.shape)) for w in ws)
     if tau is None:
         taus = [tf.abs(w) + k for w, k in zip(ws, kappas)]
     else:

@@ -281,3 +281,19 @@ def test_nonfinite_gradient_skips_the_step():
         if id(v.value) not in skipped:
             np.testing.assert_array_equal(a, np.asarray(v))
     assert int(opt.nonfinite_steps.numpy()) == 1
+
+
+def test_predict_sees_clean_weights_and_training_resumes_on_the_perturbed_point():
+    x, _ = toy_data()
+    model = fit(kp.PerturbedAdam(learning_rate=1e-2, **PERT), epochs=1)
+    clean = model.predict(x, verbose=0)
+    opt = model.optimizer
+    opt.apply_perturbation()
+    perturbed = [v.numpy() for v in model.trainable_variables]
+    cb = kp.PerturbationCallback()
+    cb.set_model(model)
+    predicted = model.predict(x, verbose=0, callbacks=[cb])
+    np.testing.assert_allclose(predicted, clean, atol=1e-6)
+    cb.on_train_batch_begin(0)  # training resumes: the same u comes back
+    for a, v in zip(perturbed, model.trainable_variables):
+        np.testing.assert_array_equal(a, v.numpy())
