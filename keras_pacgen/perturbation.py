@@ -159,9 +159,14 @@ def _new_perturbation(w_new, w_prev, h, scratch, max_delta, norm, log_epoch, ste
     return sigma, tf.math.divide_no_nan(tf.cast(max_delta, norm.dtype), norm), noisy
 
 
+def _perturbation(sigma, shape, dtype, step, index, *, seed):
+    """u = σ ⊙ r (Algorithm 1 line 11). σ has 8 significant bits, r 16: the product is exact."""
+    return tf.cast(sigma, dtype) * uniform_unit(shape, dtype, seed, step, index)
+
+
 def _noisy(w, sigma, step, index, *, seed):
-    """w + σ ⊙ r. σ has 8 significant bits, r 16: the product is exact, w + u rounds once."""
-    return w + tf.cast(sigma, w.dtype) * uniform_unit(w.shape, w.dtype, seed, step, index)
+    """w + u, rounded once (u is exact), the same bits inside and outside an XLA step."""
+    return w + _perturbation(sigma, w.shape, w.dtype, step, index, seed=seed)
 
 
 def _squared_distance(pairs):
@@ -525,8 +530,10 @@ class PerturbationMixin:
 
     # ------------------------------------------------------------------ clean weights
     def _draw(self, idx, variable):
-        sigma = tf.cast(_tf_var(self._sigmas[idx]), variable.dtype)
-        return sigma * uniform_unit(variable.shape, variable.dtype, self.seed, self._iterations, idx)
+        return _perturbation(
+            _tf_var(self._sigmas[idx]), variable.shape, variable.dtype,
+            tf.identity(_tf_var(self._iterations)), idx, seed=self.seed,
+        )
 
     def _remove_graph(self):
         applied = ops.greater(self._perturbation_applied, 0)

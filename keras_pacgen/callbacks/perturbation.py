@@ -51,7 +51,6 @@ class PerturbationCallback(keras.callbacks.Callback):
         super().__init__()
         self._optimizers: list[PerturbationMixin] = []
         self._removed = False
-        self._training = False
         self._nonfinite_seen = 0
 
     def _find(self):
@@ -74,7 +73,6 @@ class PerturbationCallback(keras.callbacks.Callback):
         self._optimizers = self._find()
         for opt in self._optimizers:
             opt._attach_guard(True)
-        self._training = True
         # A perturbation left from an earlier fit() is re-applied lazily, at the first batch.
         self._removed = True
 
@@ -112,7 +110,6 @@ class PerturbationCallback(keras.callbacks.Callback):
         self._remove()
         for opt in self._optimizers:
             opt._attach_guard(False)
-        self._training = False
 
     # evaluation and prediction
     def on_test_begin(self, logs=None):
