@@ -2,11 +2,18 @@
 
     python benchmarks/step_time.py [--models mnist_cnn,wrn16_4] [--rounds 5] [--out benchmarks/results]
 
-One process; all configurations are built and warmed up first (compilation excluded), then
-measured in interleaved rounds (every configuration once per round, in rotating order), each
-measurement a `fit` of `--steps` steps on one fixed batch of 128; the per-step time of a
-configuration is the median over rounds. Ratios are against the plain optimizer of the same
-family with the same jit setting. Prints a table and writes CSV/JSON.
+Each configuration runs `--rounds` x `--steps` timed steps (default 5 x 20 for the MNIST CNN,
+5 x 3 for WRN-16-4).
+
+One process; all configurations are built and warmed up first (compilation excluded, one short
+`fit` each), then their training steps are timed one at a time and interleaved: each round runs
+one step of every configuration, in rotating order, calling the model's compiled train
+function (what `fit` calls each step) on an iterator over one fixed batch. The time per step of a
+configuration is the median over all its steps; ratios are against the plain optimizer of the
+same family with the same jit setting. Interleaving single steps cancels the drift of this shared
+VM (whose speed changes by up to 2x within a minute, for every configuration alike), and the
+median ignores the slow stretches. Wall and process CPU time (which sums TensorFlow's threads)
+are both reported. Prints a table and writes CSV/JSON.
 """
 
 from __future__ import annotations
@@ -40,9 +47,16 @@ OPTIMIZERS = {
     "perturbed_adam": lambda: kp.PerturbedAdam(1e-3, gamma=1.0, seed=0),
     "sgd": lambda: keras.optimizers.SGD(0.01, momentum=0.9),
     "perturbed_sgd": lambda: kp.PerturbedSGD(0.01, momentum=0.9, gamma=1.0, seed=0),
+    # Without the non-finite guard: the cost of Algorithm 1 alone (plain Adam and SGD do not check
+    # their gradients either); the guard waits for every gradient before any variable is updated.
+    "perturbed_adam_unguarded": lambda: kp.PerturbedAdam(1e-3, gamma=1.0, seed=0, skip_nonfinite=False),
+    "perturbed_sgd_unguarded": lambda: kp.PerturbedSGD(
+        0.01, momentum=0.9, gamma=1.0, seed=0, skip_nonfinite=False
+    ),
     "sam_adam": lambda: keras.optimizers.Adam(1e-3),
 }
-BASELINE = {"perturbed_adam": "adam", "perturbed_sgd": "sgd", "sam_adam": "adam", "adam": "adam", "sgd": "sgd"}
+BASELINE = {"perturbed_adam": "adam", "perturbed_sgd": "sgd", "sam_adam": "adam", "adam": "adam", "sgd": "sgd",
+            "perturbed_adam_unguarded": "adam", "perturbed_sgd_unguarded": "sgd"}
 
 
 def build(model_name, opt_name, jit, batch):
@@ -61,12 +75,23 @@ def build(model_name, opt_name, jit, batch):
     return model, ds, cbs
 
 
-def measure(model, ds, cbs, steps):
-    """(wall seconds, process CPU seconds) per step; CPU time sums TensorFlow's threads and is far
-    less sensitive than wall time to other load and to CPU steal on a shared machine."""
-    start, cpu = time.perf_counter(), time.process_time()
-    model.fit(ds, steps_per_epoch=steps, epochs=1, verbose=0, callbacks=cbs)
-    return (time.perf_counter() - start) / steps, (time.process_time() - cpu) / steps
+def stepper(model, ds, cbs):
+    """A function that runs one training step of `model` (warmed up) and returns its
+    (wall seconds, process CPU seconds)."""
+    model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0, callbacks=cbs)  # trace, compile
+    train_function, iterator = model.train_function, iter(ds)
+    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
+    if isinstance(optimizer, kp.PerturbationMixin):
+        optimizer.apply_perturbation()  # as PerturbationCallback does at the first batch
+
+    def step():
+        start, cpu = time.perf_counter(), time.process_time()
+        train_function(iterator)
+        return time.perf_counter() - start, time.process_time() - cpu
+
+    for _ in range(3):  # the iterator's own trace, then steady state
+        step()
+    return step
 
 
 def main(argv=None):
@@ -75,7 +100,7 @@ def main(argv=None):
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     parser.add_argument("--jit", default="false,true")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--steps", type=int, default=0, help="steps per measurement (0: auto)")
+    parser.add_argument("--steps", type=int, default=0, help="steps per round (0: auto: 20 for the MNIST CNN, 3 for WRN-16-4)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
@@ -86,16 +111,13 @@ def main(argv=None):
         for jit in [j == "true" for j in args.jit.split(",")]:
             for opt in args.optimizers.split(","):
                 configs[(opt, jit)] = build(model_name, opt, jit, args.batch)
-        steps = args.steps or (10 if model_name == "mnist_cnn" else 2)
-        for model, ds, cbs in configs.values():  # warm-up: trace, compile, first steps
-            measure(model, ds, cbs, 2)
-            measure(model, ds, cbs, steps)
+        steps = args.steps or (20 if model_name == "mnist_cnn" else 3)
+        steppers = {key: stepper(*config) for key, config in configs.items()}
         times = {key: [] for key in configs}
         keys = list(configs)
-        for r in range(args.rounds):
-            order = keys[r % len(keys):] + keys[: r % len(keys)]
-            for key in order:
-                times[key].append(measure(*configs[key], steps))
+        for r in range(args.rounds * steps):
+            for key in keys[r % len(keys):] + keys[: r % len(keys)]:
+                times[key].append(steppers[key]())
         for (opt, jit), ts in times.items():
             median = statistics.median(t[0] for t in ts)
             base = statistics.median(t[0] for t in times[(BASELINE[opt], jit)])

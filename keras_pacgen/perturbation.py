@@ -9,10 +9,9 @@ slot. A step (``apply``) therefore:
 2. runs the wrapped optimizer's ``apply`` on them unchanged: loss-scale unscaling, gradient
    clipping, decoupled weight decay, ``update_step``, EMA and variable constraints all act on the
    clean weights, as they would without the perturbation;
-3. inside ``update_step``, with the gradient the wrapped update receives, updates the second
-   moment ``h_{t+1} = β1 h_t + (1 - β1) g_{t+1}²`` (Algorithm 1 line 14) and notes
-   ``|h_{t+1} - h_t|`` and the mask ``1{|g_{t+1}| < β2}``;
-4. computes, for the next step (Algorithm 1 lines 7-9, with ``t`` already advanced)::
+3. with the gradient the wrapped ``update_step`` received and the updated weights, computes
+   (Algorithm 1 lines 14 and 7-9, with ``t`` already advanced) the second moment
+   ``h_{t+1} = β1 h_t + (1 - β1) g_{t+1}²``, the mask ``1{|g_{t+1}| < β2}`` and::
 
        ρ[i] = |h_t[i] - h_{t-1}[i]| / ‖w_t - w_{t-1}‖
        κ[i] = γ / log(1 + epoch) · |w_{t-1}[i]| + ε
@@ -105,58 +104,58 @@ def perturbation_scale(hessian, rho, kappa, mask, *, eta: float, log_epoch):
 
         σ = min( 1 / (log(1 + epoch) · sqrt(η (h + ρ κ))),  κ ) · mask
 
-    Written as a select on ``denominator · κ > 1`` so that h = ρ = 0 gives κ, not 1/0, and an
-    overflowing denominator gives 0: for finite h >= 0, ρ >= 0 and κ > 0, σ is finite and
-    0 <= σ <= κ.
+    Written as ``min(sqrt(1 / (η (h + ρ κ))) / log(1 + epoch), κ)``: h = ρ = 0 gives
+    sqrt(1/0) = ∞ and so κ, an overflowing η (h + ρ κ) gives 0; for finite h >= 0, ρ >= 0 and
+    κ > 0, σ is finite and 0 <= σ <= κ. Not ``1 / sqrt(...)``: XLA rewrites that into an rsqrt,
+    which its CPU backend computes about four times slower than a division and a square root.
     """
-    log_epoch = tf.cast(log_epoch, kappa.dtype)
-    denominator = log_epoch * tf.sqrt(eta * (hessian + rho * kappa))
-    return tf.where(denominator * kappa > 1.0, 1.0 / denominator, kappa) * mask
+    inverse_log_epoch = 1.0 / tf.cast(log_epoch, kappa.dtype)
+    bound = tf.sqrt(1.0 / (eta * (hessian + rho * kappa))) * inverse_log_epoch
+    return tf.minimum(bound, kappa) * mask
 
 
-def _scratch(gradient, delta, threshold):
-    """max_i |Δh| and the step's scratch value of the σ slot.
+def _hessian_change(gradient, h, h_old, *, decay: float, shared: bool):
+    """(h_{t+1}, |h_{t+1} − h_t|) from this step's gradient and the h slot (Algorithm 1 line 14).
 
-    The scratch value is ``|Δh|`` where ``|g| < β2`` (the coordinate will be perturbed) and −1
-    where it is masked: the σ slot carries both to the end of the step.
+    * own slot (``shared=False``): ``h`` is h_t and h_{t+1} = h_t + (1 − β1)(g² − h_t);
+    * the wrapped optimizer's second moment, already updated: ``h`` is h_{t+1}
+      = β h_t + (1 − β) g², so h_{t+1} − h_t = (1 − β)/β · (g² − h_{t+1}) and no copy of the old
+      slot is needed; for β = 0 that cannot be inverted and ``h_old`` is a copy taken before.
     """
-    scratch = tf.where(tf.abs(gradient) < threshold, delta, -tf.ones_like(delta))
-    return tf.reduce_max(delta) if delta.shape.num_elements() else tf.zeros((), delta.dtype), scratch
+    if not shared:
+        change = (tf.square(gradient) - h) * (1.0 - decay)
+        return h + change, tf.abs(change)
+    if h_old is None:
+        return h, (1.0 - decay) / decay * tf.abs(tf.square(gradient) - h)
+    return h, tf.abs(h - h_old)
 
 
-def _moments(gradient, h_new, *, decay: float, threshold: float):
-    """For a second moment updated by the wrapped optimizer (h_new = β h + (1 − β) g²):
-    |h_new − h| = (1 − β)/β · |g² − h_new|, so the old h need not be kept (no copy of the slot)."""
-    delta = (1.0 - decay) / decay * tf.abs(tf.square(gradient) - h_new)
-    return _scratch(gradient, delta, threshold)
+def _max_change(gradient, h, h_old, *, decay: float, shared: bool):
+    """max_i |h_{t+1}[i] − h_t[i]|, the numerator of the variable's ρ, as up to 256 partial
+    maxima (see `_lanes`; the caller takes the last max)."""
+    _, change = _hessian_change(gradient, h, h_old, decay=decay, shared=shared)
+    return _lanes(tf.reduce_max, change, 0.0)
 
 
-def _moments_from_old(gradient, h_old, h_new, *, threshold: float):
-    return _scratch(gradient, tf.abs(h_new - h_old), threshold)
+def _new_perturbation(gradient, w_new, w_prev, h, h_old, inverse_norm, log_epoch, step, index, *,
+                      decay, shared, threshold, eta, gamma, epsilon, seed, kappa_previous,
+                      sigma_dtype):
+    """Algorithm 1 lines 7-11 and 14 for one variable: returns (h_{t+1} or None, σ, w_t + u).
 
-
-def _own_moments(gradient, h_old, *, decay: float, threshold: float):
-    """h_{t+1} = β1 h_t + (1 − β1) g² (Algorithm 1 line 14), then `_moments`."""
-    h_new = h_old + (tf.square(gradient) - h_old) * (1.0 - decay)
-    max_delta, scratch = _moments_from_old(gradient, h_old, h_new, threshold=threshold)
-    return h_new, max_delta, scratch
-
-
-def _new_perturbation(w_new, w_prev, h, scratch, max_delta, norm, log_epoch, step, index, *,
-                      eta, gamma, epsilon, seed, kappa_previous):
-    """Algorithm 1 lines 7-11 for one variable: (σ in bfloat16, ρ = max_i ρ[i], w + u)."""
-    if norm is None:  # rho_norm="variable"
-        norm = tf.sqrt(tf.reduce_sum(tf.square(w_new - w_prev)))
-    norm = tf.cast(norm, w_new.dtype)
-    scratch = tf.cast(scratch, w_new.dtype)
-    rho = tf.math.divide_no_nan(tf.maximum(scratch, 0.0), norm)  # ρ[i], unmasked coordinates
+    ρ[i] = |h_{t+1}[i] − h_t[i]| / ‖w_t − w_{t−1}‖ (``inverse_norm`` is 1/‖·‖, 0 for a zero
+    norm), κ from ``w_prev`` or ``w_new``, σ rounded to bfloat16 (see noise.py), u = σ ⊙ r.
+    """
+    dtype = w_new.dtype
+    gradient = tf.cast(gradient, dtype)
+    h_new, change = _hessian_change(gradient, tf.cast(h, dtype), h_old, decay=decay, shared=shared)
+    rho = change * tf.cast(inverse_norm, dtype)
     kappa = neighbourhood_radius(
         w_prev if kappa_previous else w_new, gamma=gamma, epsilon=epsilon, log_epoch=log_epoch
     )
-    mask = tf.cast(scratch >= 0.0, w_new.dtype)
-    sigma = tf.cast(perturbation_scale(h, rho, kappa, mask, eta=eta, log_epoch=log_epoch), tf.bfloat16)
+    mask = tf.cast(tf.abs(gradient) < threshold, dtype)
+    sigma = tf.cast(perturbation_scale(h_new, rho, kappa, mask, eta=eta, log_epoch=log_epoch), tf.bfloat16)
     noisy = _noisy(w_new, sigma, step, index, seed=seed)
-    return sigma, tf.math.divide_no_nan(tf.cast(max_delta, norm.dtype), norm), noisy
+    return (None if shared else h_new), tf.cast(sigma, sigma_dtype), noisy
 
 
 def _perturbation(sigma, shape, dtype, step, index, *, seed):
@@ -169,21 +168,63 @@ def _noisy(w, sigma, step, index, *, seed):
     return w + _perturbation(sigma, w.shape, w.dtype, step, index, seed=seed)
 
 
-def _squared_distance(pairs):
-    return tf.add_n([tf.reduce_sum(tf.square(tf.cast(a, tf.float32) - tf.cast(b, tf.float32))) for a, b in pairs])
+def _lanes(reduce, x, identity: float, lanes: int = 256):
+    """`reduce` over all of x down to `lanes` partial results, which the caller reduces.
+
+    XLA's CPU backend reduces a long vector one element after another (it may not reorder float
+    additions) and does not vectorise that; reducing 256 interleaved lanes it does, about 3x
+    faster. The last step is left to the caller because XLA merges two consecutive reductions
+    back into one.
+    """
+    x = tf.reshape(x, (-1,))
+    if x.shape[0] < 4 * lanes:
+        return reduce(x, keepdims=True) if x.shape[0] else tf.fill((1,), tf.cast(identity, x.dtype))
+    x = tf.pad(x, [[0, -x.shape[0] % lanes]], constant_values=identity)
+    return reduce(tf.reshape(x, (-1, lanes)), axis=0)
 
 
-# The per-step arithmetic runs as small XLA kernels even when the train step is not compiled:
-# without fusion each elementwise op is one more pass over the weights.
+def _squared_distance(a, b):
+    """‖a − b‖² as up to 256 partial sums (see `_lanes`)."""
+    return _lanes(tf.reduce_sum, tf.square(tf.cast(a, tf.float32) - tf.cast(b, tf.float32)), 0.0)
+
+
+def _all_finite(grads):
+    return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
+
+
+def _max_changes(gradients, hs, h_olds, *, decay: float, shared: bool):
+    return [_max_change(g, h, o, decay=decay, shared=shared) for g, h, o in zip(gradients, hs, h_olds)]
+
+
+def _squared_distances(news, olds):
+    return [_squared_distance(a, b) for a, b in zip(news, olds)]
+
+
+def _new_perturbations(gradients, news, olds, hs, h_olds, inverse_norms, log_epoch, step, indices,
+                       **settings):
+    outputs = [
+        _new_perturbation(g, w, o, h, ho, n, log_epoch, step, i, **settings)
+        for g, w, o, h, ho, n, i in zip(gradients, news, olds, hs, h_olds, inverse_norms, indices)
+    ]
+    return [list(column) for column in zip(*outputs)]
+
+
+# The per-step arithmetic runs as XLA kernels even when the train step is not compiled: without
+# fusion each elementwise op would be one more pass over the weights. Each kernel takes the lists
+# of all variables of a device, so a step launches four kernels whatever the model. Measured on
+# the CPU (benchmarks/step_time.py), the layout matters more than the arithmetic: XLA's CPU
+# backend writes each output in a loop of its own and fuses two reductions over the same data
+# into one slow loop, so the two reductions (‖w_t − w_{t−1}‖², max|Δh|) are kernels of their
+# own, and the kernels return new tensors rather than assign variables they also read (which
+# makes XLA copy them first).
 _fused = {
     name: tf.function(fn, jit_compile=True, autograph=False)
     for name, fn in (
-        ("moments", _moments),
-        ("moments_from_old", _moments_from_old),
-        ("own_moments", _own_moments),
-        ("new_perturbation", _new_perturbation),
+        ("max_changes", _max_changes),
+        ("new_perturbations", _new_perturbations),
         ("noisy", _noisy),
-        ("squared_distance", _squared_distance),
+        ("squared_distances", _squared_distances),
+        ("all_finite", _all_finite),
     )
 }
 
@@ -209,6 +250,17 @@ def _replica_update(variables_and_fns):
 
 def _tf_var(variable):
     return variable.value if isinstance(variable, keras.Variable) else variable
+
+
+def _local(variable, device):
+    """The copy of a (possibly distributed) variable that lives on `device`."""
+    variable = _tf_var(variable)
+    if not isinstance(variable, tf.distribute.DistributedValues):
+        return variable
+    for component in tf.distribute.get_strategy().experimental_local_results(variable):
+        if component.device == device:
+            return component
+    raise ValueError(f"{variable.name} has no copy on {device}")
 
 
 class PerturbationMixin:
@@ -298,6 +350,7 @@ class PerturbationMixin:
         self._warned_no_callback = False
         self._remove_fn = None
         self._reapply_fn = None
+        self._step_gradients = {}  # (variable index, device) -> (gradient, copy of old h or None)
 
     # ------------------------------------------------------------------ state
     def build(self, var_list):
@@ -370,32 +423,21 @@ class PerturbationMixin:
 
     # ------------------------------------------------------------------ step
     def update_step(self, gradient, variable, learning_rate):
-        """Wrapped update on the clean weights, plus h (line 14), max|Δh| and the |g| < β2 mask."""
+        """The wrapped update on the clean weights; notes the gradient for h, ρ and the mask.
+
+        h, ρ and σ are computed after the whole update (``_perturb``): ρ needs
+        ‖w_t − w_{t−1}‖ over all variables, and one pass per variable then does all of it.
+        """
         idx = self._get_variable_index(variable)
-        rho, sigma = self._rhos[idx], self._sigmas[idx]
-        if sigma is None:  # variable updated by overwrite_with_gradient: never perturbed
+        if self._sigmas[idx] is None:  # variable updated by overwrite_with_gradient: never perturbed
             return super().update_step(gradient, variable, learning_rate)
-        h = self._hessians[idx]
+        h_old = None
+        if self._hessian_is_shared and self.hessian_decay == 0:
+            # β1 = 0: the old h cannot be recovered from the new one; keep a copy
+            h_old = tf.identity(_local(self._hessians[idx], _tf_var(variable).device))
+        super().update_step(gradient, variable, learning_rate)
         dense = ops.cast(ops.convert_to_tensor(gradient), variable.dtype)
-        if not self._hessian_is_shared:
-            h_new, max_delta, scratch = _fused["own_moments"](
-                dense, tf.identity(_tf_var(h)), decay=self.hessian_decay, threshold=self.grad_threshold
-            )
-            super().update_step(gradient, variable, learning_rate)
-            self.assign(h, h_new)
-        elif self.hessian_decay > 0:
-            super().update_step(gradient, variable, learning_rate)
-            max_delta, scratch = _fused["moments"](
-                dense, tf.identity(_tf_var(h)), decay=self.hessian_decay, threshold=self.grad_threshold
-            )
-        else:  # β1 = 0: the old h cannot be recovered from the new one; keep a copy
-            h_old = tf.identity(_tf_var(h))
-            super().update_step(gradient, variable, learning_rate)
-            max_delta, scratch = _fused["moments_from_old"](
-                dense, h_old, tf.identity(_tf_var(h)), threshold=self.grad_threshold
-            )
-        self.assign(rho, max_delta)  # divided by ‖w_t − w_{t−1}‖ in _perturb
-        self.assign(sigma, tf.cast(tf.cast(scratch, tf.bfloat16), sigma.dtype))
+        self._step_gradients[(idx, _tf_var(variable).device)] = (dense, h_old)
 
     def apply(self, grads, trainable_variables=None):
         if not self.built:
@@ -431,8 +473,8 @@ class PerturbationMixin:
             )
 
     def _all_finite(self, grads):
-        finite = [ops.all(ops.isfinite(ops.convert_to_tensor(g))) for g in grads if g is not None]
-        return ops.all(ops.stack(finite)) if finite else ops.convert_to_tensor(True)
+        grads = [ops.convert_to_tensor(g) for g in grads if g is not None]
+        return _fused["all_finite"](grads) if grads else ops.convert_to_tensor(True)
 
     def _count_nonfinite(self):
         self._nonfinite_steps.assign_add(1)
@@ -459,74 +501,107 @@ class PerturbationMixin:
         self._perturb(variables, [g is not None for g in grads])
 
     def _restore_for_step(self, variables):
-        """w ← clean w (exact copy); when no perturbation is applied the variable is authoritative."""
+        """w_t ← the clean weights (an exact copy). When no perturbation is applied (first step,
+        after ``remove_perturbation()``, after ``set_weights()``) the variable holds them already
+        and the clean slot takes them from it. One branch for all the variables of a device."""
         applied = ops.greater(self._perturbation_applied, 0)
-        pairs = []
-        for var in variables:
-            clean = self._clean_weights[self._get_variable_index(var)]
-            if clean is None:
-                continue
+        indices = [
+            self._get_variable_index(var) for var in variables
+            if self._clean_weights[self._get_variable_index(var)] is not None
+        ]
+        if not indices:
+            return
 
-            def fn(v, clean=clean):
-                clean = _tf_var(clean)
-                tf.cond(applied, lambda: v.assign(clean), lambda: clean.assign(v))
+        def fn(v):
+            device = v.device
+            targets = [_local(self._trainable_variables[idx], device) for idx in indices]
+            cleans = [_local(self._clean_weights[idx], device) for idx in indices]
 
-            pairs.append((_tf_var(var), fn))
-        _replica_update(pairs)
+            def restore():
+                for target, clean in zip(targets, cleans):
+                    target.assign(clean)
+
+            def adopt():
+                for target, clean in zip(targets, cleans):
+                    clean.assign(target)
+
+            tf.cond(applied, restore, adopt)
+
+        _replica_update([(_tf_var(self._trainable_variables[indices[0]]), fn)])
 
     def _log_epoch(self):
         return ops.log1p(ops.cast(self.epoch, "float32"))
 
     def _perturb(self, variables, has_grad):
-        """Algorithm 1 lines 7-11 for the next step; leaves the variables holding w + u."""
+        """Algorithm 1 lines 7-11 and 14 for the next step; leaves the variables holding w + u.
+
+        On each device, all variables at once: the reductions (‖w_t − w_{t−1}‖² and max|Δh| per
+        variable), then h, σ and w + u.
+        """
         step = tf.identity(_tf_var(self._iterations))  # already advanced: the draw's step
         log_epoch = self._log_epoch()
-        norm = None
-        if self.rho_norm == "global":
-            pairs = [
-                (var, self._clean_weights[self._get_variable_index(var)])
-                for var, g in zip(variables, has_grad)
-                if g and self._clean_weights[self._get_variable_index(var)] is not None
-            ]
-            values = [(tf.identity(_tf_var(a)), tf.identity(_tf_var(b))) for a, b in pairs]
-            squares = _fused["squared_distance"](values) if values else tf.zeros(())
-            norm = tf.sqrt(squares)
-        updates = []
-        for var, g in zip(variables, has_grad):
-            idx = self._get_variable_index(var)
-            if self._clean_weights[idx] is None:
-                continue
-            updates.append((_tf_var(var), self._perturb_fn(idx, bool(g), norm, log_epoch, step)))
-        updates.append((_tf_var(self._perturbation_applied), lambda a: a.assign(1)))
-        _replica_update(updates)
+        entries = [
+            (self._get_variable_index(var), bool(g))
+            for var, g in zip(variables, has_grad)
+            if self._clean_weights[self._get_variable_index(var)] is not None
+        ]
+        if entries:
+            first = _tf_var(self._trainable_variables[entries[0][0]])
+            _replica_update([(first, lambda v: self._perturb_device(entries, v.device, log_epoch, step))])
+        _replica_update([(_tf_var(self._perturbation_applied), lambda a: a.assign(1))])
+        self._step_gradients.clear()
 
-    def _perturb_fn(self, idx, has_grad, norm, log_epoch, step):
-        clean, rho, sigma = (
-            _tf_var(self._clean_weights[idx]),
-            _tf_var(self._rhos[idx]),
-            _tf_var(self._sigmas[idx]),
-        )
-        h = _tf_var(self._hessians[idx])
+    def _perturb_device(self, entries, device, log_epoch, step):
+        """The step's h, ρ, σ and w + u for the copies of all variables on `device`."""
+        def local(slots, idx):
+            return _local(slots[idx], device)
 
-        def fn(v):
+        updated = [idx for idx, has_grad in entries if has_grad]
+        for idx, has_grad in entries:
             if not has_grad:  # no gradient this step: clean, unperturbed, no estimate
-                clean.assign(v)
-                sigma.assign(tf.zeros_like(sigma))
-                rho.assign(tf.zeros_like(rho))
-                return
-            w_new, w_prev = tf.identity(v), tf.identity(clean)
-            new_sigma, new_rho, noisy = _fused["new_perturbation"](
-                w_new, w_prev, tf.identity(h), tf.identity(sigma), tf.identity(rho), norm,
-                log_epoch, step, tf.constant(idx, tf.int32), eta=self.eta, gamma=self.gamma,
-                epsilon=self.kappa_epsilon, seed=self.seed,
-                kappa_previous=self.kappa_weights == "previous",
-            )
-            clean.assign(w_new)
-            rho.assign(new_rho)
-            sigma.assign(tf.cast(new_sigma, sigma.dtype))
-            v.assign(noisy)
+                local(self._clean_weights, idx).assign(local(self._trainable_variables, idx))
+                local(self._sigmas, idx).assign(tf.zeros_like(local(self._sigmas, idx)))
+                local(self._rhos, idx).assign(tf.zeros(()))
+        if not updated:
+            return
+        inputs = [self._step_inputs(idx, device) for idx in updated]
+        gradients, h_olds = [g for g, _ in inputs], [h_old for _, h_old in inputs]
+        news = [tf.identity(local(self._trainable_variables, idx)) for idx in updated]
+        olds = [tf.identity(local(self._clean_weights, idx)) for idx in updated]
+        hs = [tf.identity(local(self._hessians, idx)) for idx in updated]
+        squares = [tf.reduce_sum(s) for s in _fused["squared_distances"](news, olds)]
+        max_changes = [tf.reduce_max(m) for m in _fused["max_changes"](
+            gradients, hs, h_olds, decay=self.hessian_decay, shared=self._hessian_is_shared
+        )]
+        if self.rho_norm == "variable":
+            inverse_norms = [tf.math.divide_no_nan(1.0, tf.sqrt(s)) for s in squares]
+        else:
+            inverse_norms = [tf.math.divide_no_nan(1.0, tf.sqrt(tf.add_n(squares)))] * len(updated)
+        sigma_dtype = self._sigmas[updated[0]].dtype
+        h_news, sigmas, noisies = _fused["new_perturbations"](
+            gradients, news, olds, hs, h_olds, inverse_norms, log_epoch, step,
+            [tf.constant(idx, tf.int32) for idx in updated], decay=self.hessian_decay,
+            shared=self._hessian_is_shared, threshold=self.grad_threshold, eta=self.eta,
+            gamma=self.gamma, epsilon=self.kappa_epsilon, seed=self.seed,
+            kappa_previous=self.kappa_weights == "previous", sigma_dtype=sigma_dtype,
+        )
+        for k, idx in enumerate(updated):
+            if h_news[k] is not None:
+                local(self._hessians, idx).assign(h_news[k])
+            local(self._clean_weights, idx).assign(news[k])
+            local(self._rhos, idx).assign(max_changes[k] * inverse_norms[k])
+            local(self._sigmas, idx).assign(sigmas[k])
+            local(self._trainable_variables, idx).assign(noisies[k])
 
-        return fn
+    def _step_inputs(self, idx, device):
+        try:
+            return self._step_gradients[(idx, device)]
+        except KeyError:
+            raise RuntimeError(
+                f"{type(self).__name__}: update_step() was not called for "
+                f"{self._trainable_variables[idx].path} on {device}; a perturbed optimizer must "
+                "update every variable through its update_step()."
+            ) from None
 
     # ------------------------------------------------------------------ clean weights
     def _draw(self, idx, variable):
@@ -559,10 +634,11 @@ class PerturbationMixin:
             def fn(v, idx=idx, clean=clean):
                 w = tf.identity(v)
                 noisy = _fused["noisy"](
-                    w, tf.identity(_tf_var(self._sigmas[idx])), tf.identity(_tf_var(self._iterations)),
-                    tf.constant(idx, tf.int32), seed=self.seed,
+                    w, tf.identity(_local(self._sigmas[idx], v.device)),
+                    tf.identity(_tf_var(self._iterations)), tf.constant(idx, tf.int32), seed=self.seed,
                 )
-                _tf_var(clean).assign(tf.where(applied, _tf_var(clean), w))
+                clean = _local(clean, v.device)
+                clean.assign(tf.where(applied, tf.identity(clean), w))
                 v.assign(tf.where(applied, w, noisy))
 
             pairs.append((_tf_var(var), fn))

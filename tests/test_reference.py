@@ -3,8 +3,7 @@
 The model is linear regression y = x W + b with the mean squared error, whose gradient numpy
 computes in closed form. The only thing shared with the package is the uniform draw r ~ U(-1, 1)
 (u = σ ⊙ r), taken from `keras_pacgen.noise.uniform_unit` so that u can be checked exactly.
-The package keeps σ (and the per-coordinate |Δh| it carries through the step) at bfloat16
-precision, documented; the reference rounds the same two quantities.
+The package keeps σ at bfloat16 precision, documented; the reference rounds σ the same way.
 """
 
 
@@ -46,7 +45,7 @@ def reference_step(opt_name, w, u, h, state, g, t, idx_shapes, rho_norm, kappa_w
     rho, sigma, u_new = [], [], []
     for i, (wn, wp, hn, hp, gg) in enumerate(zip(w_new, w, h_new, h, g)):
         norm = global_norm if rho_norm == "global" else np.sqrt(np.sum((wn - wp) ** 2))
-        r_i = bf16(np.abs(hn - hp)) / norm
+        r_i = np.abs(hn - hp) / norm
         kw = wp if kappa_weights == "previous" else wn
         kappa = GAMMA / log_epoch * np.abs(kw) + EPS
         s = np.minimum(1.0 / (log_epoch * np.sqrt(ETA * (hn + r_i * kappa))), kappa)

@@ -297,3 +297,21 @@ def test_predict_sees_clean_weights_and_training_resumes_on_the_perturbed_point(
     cb.on_train_batch_begin(0)  # training resumes: the same u comes back
     for a, v in zip(perturbed, model.trainable_variables):
         np.testing.assert_array_equal(a, v.numpy())
+
+
+def test_weights_set_while_unperturbed_are_adopted_by_the_next_step():
+    """After fit() the model holds the clean weights and the user may change them; the next
+    step (no callback: the optimizer's own restore) must train from the new weights."""
+    x, y = toy_data()
+    ours = fit(kp.PerturbedAdam(learning_rate=1e-2, grad_threshold=0.0, seed=1), epochs=1,
+               callbacks=[kp.PerturbationCallback()])
+    theirs = fit(keras.optimizers.Adam(learning_rate=1e-2), epochs=1)
+    new = [0.5 * w + 0.1 for w in theirs.get_weights()]
+    for model in (ours, theirs):
+        model.set_weights(new)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            model.train_on_batch(x[:32], y[:32])
+    for a, b in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(ours.get_weights()[0], new[0])  # it did train
