@@ -30,6 +30,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_pacgen as kp  # noqa: E402
+from benchmarks.step_time import stepper  # noqa: E402
 from keras_pacgen import models  # noqa: E402
 
 
@@ -65,21 +66,21 @@ def metric_cost():
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model.fit(ds, steps_per_epoch=20, epochs=1, verbose=0, callbacks=[kp.PerturbationCallback()])
-        steps = []
-        for _ in range(3):
-            t = time.perf_counter()
-            model.fit(ds, steps_per_epoch=20, epochs=1, verbose=0, callbacks=[kp.PerturbationCallback()])
-            steps.append((time.perf_counter() - t) / 20)
-    step = statistics.median(steps)
+        step_once = stepper(model, ds, [kp.PerturbationCallback()])
     compute = tf.function(lambda: kp.psi_from_optimizer(model))
     compute()
-    times = []
-    for _ in range(20):
+
+    def psi_once():
         t = time.perf_counter()
         compute().numpy()
-        times.append(time.perf_counter() - t)
-    psi_seconds = statistics.median(times)
+        return time.perf_counter() - t
+
+    # interleaved, one at a time, medians (as benchmarks/step_time.py, for the same reason)
+    steps, times = [], []
+    for _ in range(60):
+        steps.append(step_once()[0])
+        times.append(psi_once())
+    step, psi_seconds = statistics.median(steps), statistics.median(times)
     epoch_steps = math.ceil(60000 / 128)
     per_epoch = math.ceil(epoch_steps / metric.update_every) * psi_seconds
     row = {"step_seconds": step, "psi_seconds": psi_seconds, "epoch_steps": epoch_steps,
