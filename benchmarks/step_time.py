@@ -37,6 +37,7 @@ import tensorflow as tf  # noqa: E402
 import keras_pacgen as kp  # noqa: E402
 from benchmarks.sam import SAM  # noqa: E402
 from keras_pacgen import models  # noqa: E402
+from keras_pacgen.callbacks import perturbed_optimizers  # noqa: E402
 
 MODELS = {
     "mnist_cnn": (lambda: models.mnist_cnn(), (28, 28, 1), 10),
@@ -80,8 +81,7 @@ def stepper(model, ds, cbs):
     (wall seconds, process CPU seconds)."""
     model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0, callbacks=cbs)  # trace, compile
     train_function, iterator = model.train_function, iter(ds)
-    optimizer = getattr(model.optimizer, "inner_optimizer", model.optimizer)
-    if isinstance(optimizer, kp.PerturbationMixin):
+    for optimizer in perturbed_optimizers(model.optimizer):
         optimizer.apply_perturbation()  # as PerturbationCallback does at the first batch
 
     def step():

@@ -431,13 +431,13 @@ class PerturbationMixin:
         idx = self._get_variable_index(variable)
         if self._sigmas[idx] is None:  # variable updated by overwrite_with_gradient: never perturbed
             return super().update_step(gradient, variable, learning_rate)
-        h_old = None
+        device, h_old = _tf_var(variable).device, None
         if self._hessian_is_shared and self.hessian_decay == 0:
             # β1 = 0: the old h cannot be recovered from the new one; keep a copy
-            h_old = tf.identity(_local(self._hessians[idx], _tf_var(variable).device))
+            h_old = tf.identity(_local(self._hessians[idx], device))
         super().update_step(gradient, variable, learning_rate)
         dense = ops.cast(ops.convert_to_tensor(gradient), variable.dtype)
-        self._step_gradients[(idx, _tf_var(variable).device)] = (dense, h_old)
+        self._step_gradients[(idx, device)] = (dense, h_old)
 
     def apply(self, grads, trainable_variables=None):
         if not self.built:
@@ -500,15 +500,17 @@ class PerturbationMixin:
         super().apply(grads, variables)
         self._perturb(variables, [g is not None for g in grads])
 
+    def _perturbed_indices(self, variables):
+        """Indices of the variables that carry a perturbation (all but overwrite_with_gradient)."""
+        indices = [self._get_variable_index(var) for var in variables]
+        return [idx for idx in indices if self._clean_weights[idx] is not None]
+
     def _restore_for_step(self, variables):
         """w_t ← the clean weights (an exact copy). When no perturbation is applied (first step,
         after ``remove_perturbation()``, after ``set_weights()``) the variable holds them already
         and the clean slot takes them from it. One branch for all the variables of a device."""
         applied = ops.greater(self._perturbation_applied, 0)
-        indices = [
-            self._get_variable_index(var) for var in variables
-            if self._clean_weights[self._get_variable_index(var)] is not None
-        ]
+        indices = self._perturbed_indices(variables)
         if not indices:
             return
 
@@ -540,15 +542,13 @@ class PerturbationMixin:
         """
         step = tf.identity(_tf_var(self._iterations))  # already advanced: the draw's step
         log_epoch = self._log_epoch()
-        entries = [
-            (self._get_variable_index(var), bool(g))
-            for var, g in zip(variables, has_grad)
-            if self._clean_weights[self._get_variable_index(var)] is not None
-        ]
+        with_grad = {self._get_variable_index(var) for var, g in zip(variables, has_grad) if g}
+        entries = [(idx, idx in with_grad) for idx in self._perturbed_indices(variables)]
+        updates = [(_tf_var(self._perturbation_applied), lambda a: a.assign(1))]
         if entries:
             first = _tf_var(self._trainable_variables[entries[0][0]])
-            _replica_update([(first, lambda v: self._perturb_device(entries, v.device, log_epoch, step))])
-        _replica_update([(_tf_var(self._perturbation_applied), lambda a: a.assign(1))])
+            updates.insert(0, (first, lambda v: self._perturb_device(entries, v.device, log_epoch, step)))
+        _replica_update(updates)
         self._step_gradients.clear()
 
     def _perturb_device(self, entries, device, log_epoch, step):
@@ -612,36 +612,35 @@ class PerturbationMixin:
 
     def _remove_graph(self):
         applied = ops.greater(self._perturbation_applied, 0)
-        pairs = []
-        for var in self._trainable_variables:
-            clean = self._clean_weights[self._get_variable_index(var)]
-            if clean is not None:
-                pairs.append(
-                    (_tf_var(var), lambda v, c=clean: v.assign(tf.where(applied, _tf_var(c), v)))
-                )
+        def restore(idx):
+            def fn(v):
+                v.assign(tf.where(applied, tf.identity(_local(self._clean_weights[idx], v.device)), v))
+
+            return fn
+
+        pairs = [
+            (_tf_var(self._trainable_variables[idx]), restore(idx))
+            for idx in self._perturbed_indices(self._trainable_variables)
+        ]
         pairs.append((_tf_var(self._perturbation_applied), lambda a: a.assign(0)))
         _replica_update(pairs)
 
     def _reapply_graph(self):
         applied = ops.greater(self._perturbation_applied, 0)
         pairs = []
-        for var in self._trainable_variables:
-            idx = self._get_variable_index(var)
-            clean = self._clean_weights[idx]
-            if clean is None:
-                continue
+        for idx in self._perturbed_indices(self._trainable_variables):
 
-            def fn(v, idx=idx, clean=clean):
+            def fn(v, idx=idx):
                 w = tf.identity(v)
                 noisy = _fused["noisy"](
                     w, tf.identity(_local(self._sigmas[idx], v.device)),
                     tf.identity(_tf_var(self._iterations)), tf.constant(idx, tf.int32), seed=self.seed,
                 )
-                clean = _local(clean, v.device)
+                clean = _local(self._clean_weights[idx], v.device)
                 clean.assign(tf.where(applied, tf.identity(clean), w))
                 v.assign(tf.where(applied, w, noisy))
 
-            pairs.append((_tf_var(var), fn))
+            pairs.append((_tf_var(self._trainable_variables[idx]), fn))
         pairs.append((_tf_var(self._perturbation_applied), lambda a: a.assign(1)))
         _replica_update(pairs)
 
