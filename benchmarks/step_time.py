@@ -1,6 +1,6 @@
 """Median time per training step: perturbed optimizers against the plain ones, SAM for reference.
 
-    python benchmarks/step_time.py [--models mnist_cnn,wrn16_4] [--rounds 5] [--out benchmarks/results]
+    python benchmarks/step_time.py [--models mnist_cnn,wrn16_4] [--rounds 10] [--out benchmarks/results]
 
 Each configuration runs `--rounds` x `--steps` timed steps (default 5 x 20 for the MNIST CNN,
 5 x 3 for WRN-16-4).
@@ -99,7 +99,7 @@ def main(argv=None):
     parser.add_argument("--models", default="mnist_cnn,wrn16_4")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     parser.add_argument("--jit", default="false,true")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=0, help="steps per round (0: auto: 20 for the MNIST CNN, 3 for WRN-16-4)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--out", default="benchmarks/results")

@@ -44,7 +44,10 @@ could want the other reading, a constructor argument:
   runs with the same seed are bit-identical, resumed runs continue exactly.
 * Non-finite gradients (``skip_nonfinite=True``): the whole step is skipped, as
   ``LossScaleOptimizer`` does; weights, u, h, ρ and σ keep their values and
-  ``optimizer.nonfinite_steps`` counts the skipped steps.
+  ``optimizer.nonfinite_steps`` counts the skipped steps. Without a distribution strategy the
+  step runs speculatively and is undone (see ``_speculative_apply``): no update waits for the
+  check of the last gradient. While it runs, TensorFlow keeps the previous values of the
+  variables the step writes (about 14 bytes per parameter for Adam) until the step ends.
 
 For Adam-family optimizers whose second-moment decay equals ``hessian_decay`` (Adam's default
 ``beta_2=0.999`` is Algorithm 1's β1) and that clip nothing, h *is* the wrapped optimizer's second
@@ -61,6 +64,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 from keras import ops
+from tensorflow.python.ops import control_flow_util
 
 from keras_pacgen import _validation as check
 from keras_pacgen.noise import uniform_unit
@@ -130,11 +134,20 @@ def _hessian_change(gradient, h, h_old, *, decay: float, shared: bool):
     return h, tf.abs(h - h_old)
 
 
-def _max_change(gradient, h, h_old, *, decay: float, shared: bool):
-    """max_i |h_{t+1}[i] − h_t[i]|, the numerator of the variable's ρ, as up to 256 partial
-    maxima (see `_lanes`; the caller takes the last max)."""
-    _, change = _hessian_change(gradient, h, h_old, decay=decay, shared=shared)
-    return _lanes(tf.reduce_max, change, 0.0)
+def _max_change(gradient, h, h_old, *, decay: float, shared: bool, xla: bool):
+    """max_i |h_{t+1}[i] − h_t[i]|, the numerator of the variable's ρ: `_hessian_change`'s
+    values with the constant factor taken out of the max (the same number: rounding is
+    monotonic), one pass fewer."""
+    if h_old is not None:
+        scale, difference = 1.0, h - h_old
+    else:
+        scale = 1.0 - decay if not shared else (1.0 - decay) / decay
+        difference = tf.square(gradient) - h
+    if xla:
+        largest = tf.reduce_max(_lanes(tf.reduce_max, tf.abs(difference), 0.0))
+    else:  # two reads, no |·| copy
+        largest = tf.maximum(tf.reduce_max(difference), -tf.reduce_min(difference))
+    return largest * scale
 
 
 def _new_perturbation(gradient, w_new, w_prev, h, h_old, inverse_norm, log_epoch, step, index, *,
@@ -171,10 +184,9 @@ def _noisy(w, sigma, step, index, *, seed):
 def _lanes(reduce, x, identity: float, lanes: int = 256):
     """`reduce` over all of x down to `lanes` partial results, which the caller reduces.
 
-    XLA's CPU backend reduces a long vector one element after another (it may not reorder float
-    additions) and does not vectorise that; reducing 256 interleaved lanes it does, about 3x
-    faster. The last step is left to the caller because XLA merges two consecutive reductions
-    back into one.
+    For XLA only: its CPU backend reduces a long vector one element after another (it may not
+    reorder float additions) and does not vectorise that; reducing 256 interleaved lanes it does,
+    about 3x faster. TensorFlow's own reductions are faster without it.
     """
     x = tf.reshape(x, (-1,))
     if x.shape[0] < 4 * lanes:
@@ -183,21 +195,17 @@ def _lanes(reduce, x, identity: float, lanes: int = 256):
     return reduce(tf.reshape(x, (-1, lanes)), axis=0)
 
 
-def _squared_distance(a, b):
-    """‖a − b‖² as up to 256 partial sums (see `_lanes`)."""
-    return _lanes(tf.reduce_sum, tf.square(tf.cast(a, tf.float32) - tf.cast(b, tf.float32)), 0.0)
+def _squared_distance(a, b, *, xla: bool):
+    """‖a − b‖² in float32."""
+    difference = tf.cast(a, tf.float32) - tf.cast(b, tf.float32)
+    if xla:
+        return tf.reduce_sum(_lanes(tf.reduce_sum, tf.square(difference), 0.0))
+    return 2.0 * tf.nn.l2_loss(difference)  # one pass, no squared copy
 
 
-def _all_finite(grads):
-    return tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(g)) for g in grads]))
-
-
-def _max_changes(gradients, hs, h_olds, *, decay: float, shared: bool):
-    return [_max_change(g, h, o, decay=decay, shared=shared) for g, h, o in zip(gradients, hs, h_olds)]
-
-
-def _squared_distances(news, olds):
-    return [_squared_distance(a, b) for a, b in zip(news, olds)]
+def _in_xla_context() -> bool:
+    """Whether ops built now are compiled by XLA (a ``jit_compile=True`` train step)."""
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 def _new_perturbations(gradients, news, olds, hs, h_olds, inverse_norms, log_epoch, step, indices,
@@ -209,22 +217,17 @@ def _new_perturbations(gradients, news, olds, hs, h_olds, inverse_norms, log_epo
     return [list(column) for column in zip(*outputs)]
 
 
-# The per-step arithmetic runs as XLA kernels even when the train step is not compiled: without
-# fusion each elementwise op would be one more pass over the weights. Each kernel takes the lists
-# of all variables of a device, so a step launches four kernels whatever the model. Measured on
-# the CPU (benchmarks/step_time.py), the layout matters more than the arithmetic: XLA's CPU
-# backend writes each output in a loop of its own and fuses two reductions over the same data
-# into one slow loop, so the two reductions (‖w_t − w_{t−1}‖², max|Δh|) are kernels of their
-# own, and the kernels return new tensors rather than assign variables they also read (which
-# makes XLA copy them first).
+# The elementwise work of a step (h, σ and w + u) runs as one XLA kernel per device even when the
+# train step is not compiled: without fusion each elementwise op would be one more pass over the
+# weights. It takes the lists of all variables of a device and returns new tensors rather than
+# assign variables it also reads (which makes XLA copy them first). The two reductions stay
+# TensorFlow ops, one per variable: they run while the backward pass still computes the other
+# gradients, which a kernel over all variables would wait for.
 _fused = {
     name: tf.function(fn, jit_compile=True, autograph=False)
     for name, fn in (
-        ("max_changes", _max_changes),
         ("new_perturbations", _new_perturbations),
         ("noisy", _noisy),
-        ("squared_distances", _squared_distances),
-        ("all_finite", _all_finite),
     )
 }
 
@@ -351,12 +354,16 @@ class PerturbationMixin:
         self._remove_fn = None
         self._reapply_fn = None
         self._step_gradients = {}  # (variable index, device) -> (gradient, copy of old h or None)
+        self._out_of_place = frozenset()  # ids of variables that assign_add/assign_sub rewrite
 
     # ------------------------------------------------------------------ state
     def build(self, var_list):
         if self.built:
             return
         super().build(var_list)
+        # Everything the wrapped optimizer's apply() may write (step counter, slots, EMA): what a
+        # speculative step (see `_speculative_apply`) puts back when the gradients were not finite.
+        self._wrapped_state = list(self.variables)
         self._epoch = self.add_variable(
             (), initializer="ones", dtype="int32", name="perturbation_epoch"
         )
@@ -459,9 +466,15 @@ class PerturbationMixin:
         if not grads:
             return
         self._warn_if_unguarded()
+        # The clean weights come back before anything waits for the gradients: the restore only
+        # has to follow the forward pass, so it overlaps the backward pass. A skipped step puts
+        # the same w + u back (`_skip_step`).
+        self._restore_for_step(variables)
         if not self.skip_nonfinite:
             self._perturbed_apply(grads, variables)
-        elif tf.distribute.has_strategy() and not (
+        elif not tf.distribute.has_strategy():
+            self._speculative_apply(grads, variables)
+        elif not (
             tf.__internal__.distribute.strategy_supports_no_merge_call()
         ) and not tf.distribute.in_cross_replica_context():
             self._distributed_guarded_apply(grads, variables)
@@ -469,15 +482,92 @@ class PerturbationMixin:
             ops.cond(
                 self._all_finite(grads),
                 lambda: self._perturbed_apply(grads, variables),
-                self._count_nonfinite,
+                lambda: self._skip_step(variables),
             )
 
     def _all_finite(self, grads):
-        grads = [ops.convert_to_tensor(g) for g in grads if g is not None]
-        return _fused["all_finite"](grads) if grads else ops.convert_to_tensor(True)
+        """Whether every gradient is finite. Plain TensorFlow ops, one check per gradient: each
+        runs as soon as its gradient exists (during the backward pass) and TensorFlow's reductions
+        use every core; only the final `all` waits for the last gradient."""
+        checks = [
+            tf.reduce_all(tf.math.is_finite(g.values if isinstance(g, tf.IndexedSlices) else g))
+            for g in grads
+            if g is not None
+        ]
+        return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
 
-    def _count_nonfinite(self):
+    def _all_reduce_sum_gradients(self, grads_and_vars):
+        # Without a distribution strategy the all-reduce is the identity, but Keras's version
+        # passes all gradients through one IdentityN, so no variable could be updated before
+        # the last gradient exists (plain Adam's graph optimiser removes that node; ours cannot).
+        if not tf.distribute.has_strategy():
+            return list(grads_and_vars)
+        return super()._all_reduce_sum_gradients(grads_and_vars)
+
+    def _speculative_apply(self, grads, variables):
+        """The guarded step without a distribution strategy: the whole step (the wrapped update,
+        then h, ρ, σ and w + u) runs without waiting for the finite check, each variable's update
+        as soon as its gradient exists (overlapping the backward pass, as an unguarded optimizer
+        does), and is undone when a gradient was not finite. The undo needs no stored copy: the
+        values read here are kept by TensorFlow's copy-on-write while the step writes new ones.
+        Only the undo, an empty branch on a finite step, waits for the check."""
+        kept = [
+            var for var in variables
+            if self._clean_weights[self._get_variable_index(var)] is None
+        ]  # overwrite_with_gradient variables: no clean slot to restore them from
+        counters = (id(self._nonfinite_steps), id(self._epoch))
+        state = [var for var in self.variables if id(var) not in counters] + kept
+        saved = [tf.identity(_tf_var(var)) for var in state]
+        finite = self._all_finite(grads)
+        self._out_of_place = frozenset(id(_tf_var(var)) for var in self._wrapped_state + kept)
+        try:
+            super().apply(grads, variables)
+        finally:
+            self._out_of_place = frozenset()
+        self._perturb(variables, [g is not None for g in grads])
+        ops.cond(finite, lambda: None, lambda: self._undo_step(state, saved, variables))
+
+    def assign_add(self, variable, value):
+        """As the wrapped optimizer's, but during a speculative step a kept variable gets a new
+        buffer (``v.assign(v + value)``, the same bits): updating in place would first copy the
+        buffer that the undo keeps."""
+        target = _tf_var(variable)
+        if id(target) in self._out_of_place and not isinstance(value, tf.IndexedSlices):
+            return target.assign(tf.identity(target) + tf.cast(value, target.dtype))
+        return super().assign_add(variable, value)
+
+    def assign_sub(self, variable, value):
+        """See `assign_add`."""
+        target = _tf_var(variable)
+        if id(target) in self._out_of_place and not isinstance(value, tf.IndexedSlices):
+            return target.assign(tf.identity(target) - tf.cast(value, target.dtype))
+        return super().assign_sub(variable, value)
+
+    def _undo_step(self, state, saved, variables):
+        """A speculative step whose gradients were not finite: every variable it wrote (the
+        wrapped optimizer's, the clean weights, h, ρ, σ, the step counter) gets its value back."""
+        for var, value in zip(state, saved):
+            _tf_var(var).assign(value)
+        self._skip_step(variables)
+
+    def _skip_step(self, variables):
+        """A skipped step: counted, and the model variables hold w + u again, re-drawn from the
+        clean slot, σ and the step counter, all as before the step, so u is the same bits (or w
+        when no perturbation is applied: the restore made the clean slot equal to it)."""
         self._nonfinite_steps.assign_add(1)
+        applied = ops.greater(self._perturbation_applied, 0)
+
+        def redraw(idx):
+            def fn(v):
+                clean = tf.identity(_local(self._clean_weights[idx], v.device))
+                v.assign(tf.where(applied, self._noisy_weights(idx, clean, v.device), clean))
+
+            return fn
+
+        _replica_update([
+            (_tf_var(self._trainable_variables[idx]), redraw(idx))
+            for idx in self._perturbed_indices(variables)
+        ])
 
     def _distributed_guarded_apply(self, grads, variables):
         # As LossScaleOptimizer: the cond must live in the cross-replica context. A step is skipped
@@ -491,12 +581,13 @@ class PerturbationMixin:
                     self._perturbed_apply, args=(grads, variables)
                 )
 
-            ops.cond(finite, step, self._count_nonfinite)
+            ops.cond(finite, step, lambda: self._skip_step(variables))
 
         tf.distribute.get_replica_context().merge_call(cross_replica, args=(grads, variables))
 
     def _perturbed_apply(self, grads, variables):
-        self._restore_for_step(variables)
+        """The wrapped optimizer's step on the (already restored) clean weights, then h, ρ, σ
+        and w + u for the next step."""
         super().apply(grads, variables)
         self._perturb(variables, [g is not None for g in grads])
 
@@ -538,7 +629,7 @@ class PerturbationMixin:
         """Algorithm 1 lines 7-11 and 14 for the next step; leaves the variables holding w + u.
 
         On each device, all variables at once: the reductions (‖w_t − w_{t−1}‖² and max|Δh| per
-        variable), then h, σ and w + u.
+        variable, each as soon as its variable is updated), then h, σ and w + u.
         """
         step = tf.identity(_tf_var(self._iterations))  # already advanced: the draw's step
         log_epoch = self._log_epoch()
@@ -557,11 +648,12 @@ class PerturbationMixin:
             return _local(slots[idx], device)
 
         updated = [idx for idx, has_grad in entries if has_grad]
-        for idx, has_grad in entries:
-            if not has_grad:  # no gradient this step: clean, unperturbed, no estimate
-                local(self._clean_weights, idx).assign(local(self._trainable_variables, idx))
-                local(self._sigmas, idx).assign(tf.zeros_like(local(self._sigmas, idx)))
-                local(self._rhos, idx).assign(tf.zeros(()))
+        missing = [idx for idx, has_grad in entries if not has_grad]
+
+        for idx in missing:  # no gradient this step: clean, unperturbed, no estimate
+            local(self._clean_weights, idx).assign(local(self._trainable_variables, idx))
+            local(self._sigmas, idx).assign(tf.zeros_like(local(self._sigmas, idx)))
+            local(self._rhos, idx).assign(tf.zeros(()))
         if not updated:
             return
         inputs = [self._step_inputs(idx, device) for idx in updated]
@@ -569,29 +661,34 @@ class PerturbationMixin:
         news = [tf.identity(local(self._trainable_variables, idx)) for idx in updated]
         olds = [tf.identity(local(self._clean_weights, idx)) for idx in updated]
         hs = [tf.identity(local(self._hessians, idx)) for idx in updated]
-        squares = [tf.reduce_sum(s) for s in _fused["squared_distances"](news, olds)]
-        max_changes = [tf.reduce_max(m) for m in _fused["max_changes"](
-            gradients, hs, h_olds, decay=self.hessian_decay, shared=self._hessian_is_shared
-        )]
+        # One reduction per variable, so that each runs as soon as its variable is updated.
+        xla = _in_xla_context()
+        squares = [_squared_distance(a, b, xla=xla) for a, b in zip(news, olds)]
+        max_changes = [
+            _max_change(g, h, o, decay=self.hessian_decay, shared=self._hessian_is_shared, xla=xla)
+            for g, h, o in zip(gradients, hs, h_olds)
+        ]
         if self.rho_norm == "variable":
             inverse_norms = [tf.math.divide_no_nan(1.0, tf.sqrt(s)) for s in squares]
         else:
             inverse_norms = [tf.math.divide_no_nan(1.0, tf.sqrt(tf.add_n(squares)))] * len(updated)
-        sigma_dtype = self._sigmas[updated[0]].dtype
         h_news, sigmas, noisies = _fused["new_perturbations"](
             gradients, news, olds, hs, h_olds, inverse_norms, log_epoch, step,
             [tf.constant(idx, tf.int32) for idx in updated], decay=self.hessian_decay,
             shared=self._hessian_is_shared, threshold=self.grad_threshold, eta=self.eta,
             gamma=self.gamma, epsilon=self.kappa_epsilon, seed=self.seed,
-            kappa_previous=self.kappa_weights == "previous", sigma_dtype=sigma_dtype,
+            kappa_previous=self.kappa_weights == "previous",
+            sigma_dtype=self._sigmas[updated[0]].dtype,
         )
         for k, idx in enumerate(updated):
             if h_news[k] is not None:
                 local(self._hessians, idx).assign(h_news[k])
-            local(self._clean_weights, idx).assign(news[k])
             local(self._rhos, idx).assign(max_changes[k] * inverse_norms[k])
             local(self._sigmas, idx).assign(sigmas[k])
-            local(self._trainable_variables, idx).assign(noisies[k])
+            perturbed = local(self._trainable_variables, idx).assign(noisies[k])
+            # After the variable lets go of w_t's buffer, the clean slot takes it over (no copy).
+            with tf.control_dependencies([perturbed]):
+                local(self._clean_weights, idx).assign(news[k])
 
     def _step_inputs(self, idx, device):
         try:
@@ -608,6 +705,14 @@ class PerturbationMixin:
         return _perturbation(
             _tf_var(self._sigmas[idx]), variable.shape, variable.dtype,
             tf.identity(_tf_var(self._iterations)), idx, seed=self.seed,
+        )
+
+    def _noisy_weights(self, idx, weights, device):
+        """w + u for variable `idx` from clean `weights` (its copy on `device`), σ and the step:
+        the same bits as the step drew."""
+        return _fused["noisy"](
+            weights, tf.identity(_local(self._sigmas[idx], device)),
+            tf.identity(_tf_var(self._iterations)), tf.constant(idx, tf.int32), seed=self.seed,
         )
 
     def _remove_graph(self):
@@ -632,10 +737,7 @@ class PerturbationMixin:
 
             def fn(v, idx=idx):
                 w = tf.identity(v)
-                noisy = _fused["noisy"](
-                    w, tf.identity(_local(self._sigmas[idx], v.device)),
-                    tf.identity(_tf_var(self._iterations)), tf.constant(idx, tf.int32), seed=self.seed,
-                )
+                noisy = self._noisy_weights(idx, w, v.device)
                 clean = _local(self._clean_weights[idx], v.device)
                 clean.assign(tf.where(applied, tf.identity(clean), w))
                 v.assign(tf.where(applied, w, noisy))

@@ -169,13 +169,13 @@ def test_no_retrace_after_the_first_epoch(jit):
     """The epoch counter is a variable: later epochs reuse the first epoch's trace."""
     opt = kp.PerturbedAdam(learning_rate=1e-2, **PERT)
     traces = []
-    original = opt._perturbed_apply
+    original = opt._perturb
 
-    def counting(*args):
+    def counting(*args, **kwargs):
         traces.append(1)
-        return original(*args)
+        return original(*args, **kwargs)
 
-    opt._perturbed_apply = counting
+    opt._perturb = counting
     per_epoch = []
     record = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: per_epoch.append(len(traces)))
     fit(opt, epochs=4, jit=jit, callbacks=[kp.PerturbationCallback(), record])
@@ -263,24 +263,49 @@ def test_warns_without_callback_and_not_with_it():
         model.fit(x, y, epochs=1, verbose=0, callbacks=[kp.PerturbationCallback()])
 
 
-def test_nonfinite_gradient_skips_the_step():
+@pytest.mark.parametrize("mode", ["eager", "function", "jit"])
+@pytest.mark.parametrize("make", [
+    lambda: kp.PerturbedAdam(learning_rate=1e-2, **PERT),
+    lambda: kp.PerturbedSGD(learning_rate=1e-2, momentum=0.9, **PERT),
+], ids=["adam", "sgd"])
+def test_nonfinite_gradient_skips_the_step(mode, make):
+    """The wrapped update runs speculatively (before the finite check) and is undone: weights,
+    every slot and the step counter come back bit for bit, also when only one gradient is bad."""
     x, y = toy_data()
     model = small_model()
-    opt = kp.PerturbedAdam(learning_rate=1e-2, **PERT)
+    opt = make()
     model.compile(optimizer=opt, loss=LOSS)
     model.fit(x, y, epochs=1, verbose=0, callbacks=[kp.PerturbationCallback()])
     opt.apply_perturbation()
     before_vars = [np.asarray(v) for v in model.trainable_variables]
     before_opt = [np.asarray(v) for v in opt.variables]
-    bad = [tf.fill(v.shape, np.nan) for v in model.trainable_variables]
-    opt.apply(bad, model.trainable_variables)
-    for a, v in zip(before_vars, model.trainable_variables):
-        np.testing.assert_array_equal(a, v.numpy())
-    skipped = {id(opt._nonfinite_steps.value)}
-    for a, v in zip(before_opt, opt.variables):
-        if id(v.value) not in skipped:
-            np.testing.assert_array_equal(a, np.asarray(v))
-    assert int(opt.nonfinite_steps.numpy()) == 1
+    iterations = int(opt.iterations.numpy())
+
+    def apply(grads):
+        opt.apply(grads, model.trainable_variables)
+
+    if mode != "eager":
+        apply = tf.function(apply, jit_compile=mode == "jit")
+    for bad_index in (None, 0):  # every gradient NaN; then only the first one Inf
+        bad = [tf.fill(v.shape, np.nan) if bad_index is None else tf.ones(v.shape) * 0.01
+               for v in model.trainable_variables]
+        if bad_index is not None:
+            bad[bad_index] = tf.tensor_scatter_nd_update(
+                bad[bad_index], [[0] * len(bad[bad_index].shape)], [np.inf])
+        apply(bad)
+        for a, v in zip(before_vars, model.trainable_variables):
+            np.testing.assert_array_equal(a, v.numpy())
+        skipped = {id(opt._nonfinite_steps.value)}
+        for a, v in zip(before_opt, opt.variables):
+            if id(v.value) not in skipped:
+                np.testing.assert_array_equal(a, np.asarray(v))
+    assert int(opt.nonfinite_steps.numpy()) == 2
+    # a finite step afterwards still trains
+    apply([tf.ones(v.shape) * 0.01 for v in model.trainable_variables])
+    assert int(opt.iterations.numpy()) == iterations + 1
+    opt.remove_perturbation()
+    assert any(not np.array_equal(opt.perturbation_state(v)["clean_weights"].numpy(), a)
+               for v, a in zip(model.trainable_variables, before_vars))
 
 
 def test_predict_sees_clean_weights_and_training_resumes_on_the_perturbed_point():
