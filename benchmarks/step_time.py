@@ -2,8 +2,8 @@
 
     python benchmarks/step_time.py [--models mnist_cnn,wrn16_4] [--rounds 10] [--out benchmarks/results]
 
-Each configuration runs `--rounds` x `--steps` timed steps (default 5 x 20 for the MNIST CNN,
-5 x 3 for WRN-16-4).
+Each configuration runs `--rounds` x `--steps` timed steps (default 10 x 20 for the MNIST CNN,
+10 x 3 for WRN-16-4).
 
 One process; all configurations are built and warmed up first (compilation excluded, one short
 `fit` each), then their training steps are timed one at a time and interleaved: each round runs

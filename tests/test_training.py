@@ -340,3 +340,39 @@ def test_weights_set_while_unperturbed_are_adopted_by_the_next_step():
     for a, b in zip(ours.get_weights(), theirs.get_weights()):
         np.testing.assert_array_equal(a, b)
     assert not np.array_equal(ours.get_weights()[0], new[0])  # it did train
+
+
+class _Scaled(keras.layers.Layer):
+    """Dense with an extra variable updated by `overwrite_with_gradient` (as float8 scales are)."""
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], 3), initializer="glorot_uniform")
+        self.scale = self.add_weight(shape=(), initializer="ones")
+        self.scale.overwrite_with_gradient = True
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.kernel) * self.scale
+
+
+def test_overwrite_with_gradient_variables_are_not_perturbed_and_are_restored_on_a_skipped_step():
+    x, y = toy_data()
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((8,)), _Scaled()])
+    opt = kp.PerturbedAdam(learning_rate=1e-2, **PERT)
+    model.compile(optimizer=opt, loss=LOSS)
+    model.fit(x, y, epochs=1, batch_size=32, verbose=0, callbacks=[kp.PerturbationCallback()])
+    layer = model.layers[0]
+    with pytest.raises(ValueError, match="overwrite_with_gradient"):
+        opt.perturbation_state(layer.scale)
+    assert not np.allclose(layer.scale.numpy(), 1.0)  # overwritten by its gradient
+    opt.remove_perturbation()
+    clean = layer.scale.numpy()
+    opt.apply_perturbation()
+    np.testing.assert_array_equal(layer.scale.numpy(), clean)  # never perturbed
+    assert not np.array_equal(layer.kernel.numpy(), opt.perturbation_state(layer.kernel)["clean_weights"])
+    before = [v.numpy() for v in model.trainable_variables]
+    bad = [tf.fill(v.shape, np.nan) for v in model.trainable_variables]
+    tf.function(lambda: opt.apply(bad, model.trainable_variables))()
+    for a, v in zip(before, model.trainable_variables):
+        np.testing.assert_array_equal(a, v.numpy())
+    assert int(opt.nonfinite_steps.numpy()) == 1
