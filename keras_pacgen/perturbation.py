@@ -118,31 +118,30 @@ def perturbation_scale(hessian, rho, kappa, mask, *, eta: float, log_epoch):
     return tf.minimum(bound, kappa) * mask
 
 
-def _hessian_change(gradient, h, h_old, *, decay: float, shared: bool):
-    """(h_{t+1}, |h_{t+1} − h_t|) from this step's gradient and the h slot (Algorithm 1 line 14).
+def _hessian_difference(gradient, h, h_old, *, decay: float, shared: bool):
+    """(d, c) with h_{t+1} − h_t = c · d (Algorithm 1 line 14), c > 0 a constant:
 
-    * own slot (``shared=False``): ``h`` is h_t and h_{t+1} = h_t + (1 − β1)(g² − h_t);
+    * own slot (``shared=False``): ``h`` is h_t, d = g² − h_t, c = 1 − β1;
     * the wrapped optimizer's second moment, already updated: ``h`` is h_{t+1}
-      = β h_t + (1 − β) g², so h_{t+1} − h_t = (1 − β)/β · (g² − h_{t+1}) and no copy of the old
-      slot is needed; for β = 0 that cannot be inverted and ``h_old`` is a copy taken before.
+      = β h_t + (1 − β) g², so d = g² − h_{t+1}, c = (1 − β)/β and no copy of the old slot is
+      needed; for β = 0 that cannot be inverted and ``h_old`` is a copy taken before: d = h − h_old.
     """
-    if not shared:
-        change = (tf.square(gradient) - h) * (1.0 - decay)
-        return h + change, tf.abs(change)
-    if h_old is None:
-        return h, (1.0 - decay) / decay * tf.abs(tf.square(gradient) - h)
-    return h, tf.abs(h - h_old)
+    if h_old is not None:
+        return h - h_old, 1.0
+    return tf.square(gradient) - h, (1.0 - decay) / decay if shared else 1.0 - decay
+
+
+def _hessian_change(gradient, h, h_old, *, decay: float, shared: bool):
+    """(h_{t+1}, |h_{t+1} − h_t|) from this step's gradient and the h slot."""
+    difference, scale = _hessian_difference(gradient, h, h_old, decay=decay, shared=shared)
+    h_new = h if shared else h + difference * scale
+    return h_new, tf.abs(difference) * scale
 
 
 def _max_change(gradient, h, h_old, *, decay: float, shared: bool, xla: bool):
-    """max_i |h_{t+1}[i] − h_t[i]|, the numerator of the variable's ρ: `_hessian_change`'s
-    values with the constant factor taken out of the max (the same number: rounding is
-    monotonic), one pass fewer."""
-    if h_old is not None:
-        scale, difference = 1.0, h - h_old
-    else:
-        scale = 1.0 - decay if not shared else (1.0 - decay) / decay
-        difference = tf.square(gradient) - h
+    """max_i |h_{t+1}[i] − h_t[i]|, the numerator of the variable's ρ, with the constant taken
+    out of the max (the same number: rounding is monotonic), one pass fewer."""
+    difference, scale = _hessian_difference(gradient, h, h_old, decay=decay, shared=shared)
     if xla:
         largest = tf.reduce_max(_lanes(tf.reduce_max, tf.abs(difference), 0.0))
     else:  # two reads, no |·| copy
@@ -361,9 +360,6 @@ class PerturbationMixin:
         if self.built:
             return
         super().build(var_list)
-        # Everything the wrapped optimizer's apply() may write (step counter, slots, EMA): what a
-        # speculative step (see `_speculative_apply`) puts back when the gradients were not finite.
-        self._wrapped_state = list(self.variables)
         self._epoch = self.add_variable(
             (), initializer="ones", dtype="int32", name="perturbation_epoch"
         )
@@ -519,7 +515,7 @@ class PerturbationMixin:
         state = [var for var in self.variables if id(var) not in counters] + kept
         saved = [tf.identity(_tf_var(var)) for var in state]
         finite = self._all_finite(grads)
-        self._out_of_place = frozenset(id(_tf_var(var)) for var in self._wrapped_state + kept)
+        self._out_of_place = frozenset(id(_tf_var(var)) for var in state)
         try:
             super().apply(grads, variables)
         finally:
