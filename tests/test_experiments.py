@@ -46,6 +46,19 @@ def test_accuracy_benchmark_runs(tmp_path):
     assert os.path.exists(tmp_path / "accuracy.csv")
 
 
+def test_step_profile_finds_the_perturbation_kernel_after_the_last_gradient(tmp_path):
+    from benchmarks import step_profile
+
+    medians = step_profile.main(["--optimizers", "adam,perturbed_adam", "--steps", "4", "--batch", "16",
+                                 "--out", str(tmp_path)])
+    for row in medians.values():
+        assert row["steps"] == 2 and 0 < row["after_last_gradient_ms"] < row["step_ms"]
+    assert medians["adam"]["xla_kernel_ms"] == 0  # plain Adam runs no XLA kernel
+    kernel = medians["perturbed_adam"]["xla_kernel_ms"]  # h, σ and w + u wait for the last gradient
+    assert 0 < kernel < medians["perturbed_adam"]["after_last_gradient_ms"]
+    assert json.loads((tmp_path / "step_profile.json").read_text())["medians"] == medians
+
+
 def test_toy_sharp_global_minimum_has_higher_psi_and_loses_under_perturbation():
     import toy_landscape as toy
 
