@@ -58,7 +58,7 @@ def optimizer_estimates(optimizer, variables):
         correction = 1.0 - tf.pow(decay, step)
         for v in variables:
             idx = opt._get_variable_index(v)
-            if opt._sigmas[idx] is None:
+            if not opt._is_perturbed(idx):
                 continue
             weights.append(tf.where(applied, tf.convert_to_tensor(opt._clean_weights[idx]), v))
             hessians.append(tf.convert_to_tensor(opt._hessians[idx]) / correction)

@@ -432,7 +432,7 @@ class PerturbationMixin:
         ‖w_t − w_{t−1}‖ over all variables, and one pass per variable then does all of it.
         """
         idx = self._get_variable_index(variable)
-        if self._sigmas[idx] is None:  # variable updated by overwrite_with_gradient: never perturbed
+        if not self._is_perturbed(idx):
             return super().update_step(gradient, variable, learning_rate)
         device, h_old = _tf_var(variable).device, None
         if self._hessian_is_shared and self.hessian_decay == 0:
@@ -507,10 +507,8 @@ class PerturbationMixin:
         does), and is undone when a gradient was not finite. The undo needs no stored copy: the
         values read here are kept by TensorFlow's copy-on-write while the step writes new ones.
         Only the undo, an empty branch on a finite step, waits for the check."""
-        kept = [
-            var for var in variables
-            if self._clean_weights[self._get_variable_index(var)] is None
-        ]  # overwrite_with_gradient variables: no clean slot to restore them from
+        # overwrite_with_gradient variables: no clean slot to restore them from
+        kept = [var for var in variables if not self._is_perturbed(self._get_variable_index(var))]
         counters = (id(self._nonfinite_steps), id(self._epoch))
         state = [var for var in self.variables if id(var) not in counters] + kept
         saved = [tf.identity(_tf_var(var)) for var in state]
@@ -524,20 +522,20 @@ class PerturbationMixin:
         ops.cond(finite, lambda: None, lambda: self._undo_step(state, saved, variables))
 
     def assign_add(self, variable, value):
-        """As the wrapped optimizer's, but during a speculative step a kept variable gets a new
-        buffer (``v.assign(v + value)``, the same bits): updating in place would first copy the
-        buffer that the undo keeps."""
-        target = _tf_var(variable)
-        if id(target) in self._out_of_place and not isinstance(value, tf.IndexedSlices):
-            return target.assign(tf.identity(target) + tf.cast(value, target.dtype))
-        return super().assign_add(variable, value)
+        """As the wrapped optimizer's; see `_out_of_place_update`."""
+        return self._out_of_place_update(variable, value, tf.add, super().assign_add)
 
     def assign_sub(self, variable, value):
-        """See `assign_add`."""
+        """As the wrapped optimizer's; see `_out_of_place_update`."""
+        return self._out_of_place_update(variable, value, tf.subtract, super().assign_sub)
+
+    def _out_of_place_update(self, variable, value, combine, in_place):
+        """During a speculative step a kept variable gets a new buffer (``v.assign(v ± value)``,
+        the same bits): updating it in place would first copy the buffer that the undo keeps."""
         target = _tf_var(variable)
         if id(target) in self._out_of_place and not isinstance(value, tf.IndexedSlices):
-            return target.assign(tf.identity(target) - tf.cast(value, target.dtype))
-        return super().assign_sub(variable, value)
+            return target.assign(combine(tf.identity(target), tf.cast(value, target.dtype)))
+        return in_place(variable, value)
 
     def _undo_step(self, state, saved, variables):
         """A speculative step whose gradients were not finite: every variable it wrote (the
@@ -587,10 +585,15 @@ class PerturbationMixin:
         super().apply(grads, variables)
         self._perturb(variables, [g is not None for g in grads])
 
+    def _is_perturbed(self, idx) -> bool:
+        """Whether variable `idx` carries a perturbation: all but those updated by
+        ``overwrite_with_gradient``, which have no clean, h, ρ or σ slot."""
+        return self._clean_weights[idx] is not None
+
     def _perturbed_indices(self, variables):
-        """Indices of the variables that carry a perturbation (all but overwrite_with_gradient)."""
+        """Indices of the variables that carry a perturbation."""
         indices = [self._get_variable_index(var) for var in variables]
-        return [idx for idx in indices if self._clean_weights[idx] is not None]
+        return [idx for idx in indices if self._is_perturbed(idx)]
 
     def _restore_for_step(self, variables):
         """w_t ← the clean weights (an exact copy). When no perturbation is applied (first step,
@@ -791,7 +794,7 @@ class PerturbationMixin:
                 f"perturbation_state(): {getattr(variable, 'path', variable)} is not a variable "
                 "this optimizer was built with."
             ) from None
-        if self._sigmas[idx] is None:
+        if not self._is_perturbed(idx):
             raise ValueError(
                 f"perturbation_state(): {variable.path} is updated by overwrite_with_gradient "
                 "and never perturbed."
