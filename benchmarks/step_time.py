@@ -1,19 +1,22 @@
 """Median time per training step: perturbed optimizers against the plain ones, SAM for reference.
 
-    python benchmarks/step_time.py [--models mnist_cnn,wrn16_4] [--rounds 10] [--out benchmarks/results]
-
-Each configuration runs `--rounds` x `--steps` timed steps (default 10 x 20 for the MNIST CNN,
-10 x 3 for WRN-16-4).
+    python benchmarks/step_time.py [--models mnist_cnn,wrn16_4] [--rounds 0] [--out benchmarks/results]
 
 One process; all configurations are built and warmed up first (compilation excluded, one short
 `fit` each), then their training steps are timed one at a time and interleaved: each round runs
-one step of every configuration, in rotating order, calling the model's compiled train
-function (what `fit` calls each step) on an iterator over one fixed batch. The time per step of a
-configuration is the median over all its steps; ratios are against the plain optimizer of the
-same family with the same jit setting. Interleaving single steps cancels the drift of this shared
-VM (whose speed changes by up to 2x within a minute, for every configuration alike), and the
-median ignores the slow stretches. Wall and process CPU time (which sums TensorFlow's threads)
-are both reported. Prints a table and writes CSV/JSON.
+`--steps` steps of every configuration, one step at a time in rotating order, calling the model's
+compiled train function (what `fit` calls each step) on an iterator over one fixed batch. Defaults
+(0 = auto): 20 rounds x 10 steps for the MNIST CNN, 10 rounds x 3 steps for WRN-16-4.
+
+The ratio of a configuration is paired by round: in each round, the median of its steps over the
+median of the plain optimizer's steps in the same round (same family, same jit setting); the
+table shows the median of these per-round ratios and a 95% bootstrap interval over the rounds
+(2000 resamples of the rounds, seed 0). Pairing by round cancels the drift of this shared VM
+(whose speed changes by up to 2x within a minute, for every configuration alike). The interval
+covers the variation between the rounds of one run only: repeated runs of the same code on this
+VM move the MNIST CNN ratios by up to about ±0.01 more. ``ms/step`` is the median over all of a
+configuration's steps. Wall and process CPU time (which sums TensorFlow's threads) are both
+reported. Prints a table and writes CSV/JSON.
 """
 
 from __future__ import annotations
@@ -94,13 +97,23 @@ def stepper(model, ds, cbs):
     return step
 
 
+def paired_ratio(rounds, baseline_rounds, *, resamples=2000, seed=0):
+    """(median, 2.5th percentile, 97.5th percentile) of the per-round ratios
+    median(config's steps in round r) / median(baseline's steps in round r), the interval from a
+    bootstrap over the rounds."""
+    ratios = np.array([statistics.median(a) / statistics.median(b) for a, b in zip(rounds, baseline_rounds)])
+    rng = np.random.default_rng(seed)
+    medians = np.median(rng.choice(ratios, size=(resamples, len(ratios))), axis=1)
+    return float(np.median(ratios)), float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="mnist_cnn,wrn16_4")
     parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
     parser.add_argument("--jit", default="false,true")
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=0, help="steps per round (0: auto: 20 for the MNIST CNN, 3 for WRN-16-4)")
+    parser.add_argument("--rounds", type=int, default=0, help="rounds (0: auto: 20 for the MNIST CNN, 10 for WRN-16-4)")
+    parser.add_argument("--steps", type=int, default=0, help="steps per configuration and round (0: auto: 10 for the MNIST CNN, 3 for WRN-16-4)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
@@ -111,25 +124,35 @@ def main(argv=None):
         for jit in [j == "true" for j in args.jit.split(",")]:
             for opt in args.optimizers.split(","):
                 configs[(opt, jit)] = build(model_name, opt, jit, args.batch)
-        steps = args.steps or (20 if model_name == "mnist_cnn" else 3)
+        mnist = model_name == "mnist_cnn"
+        rounds = args.rounds or (20 if mnist else 10)
+        steps = args.steps or (10 if mnist else 3)
+        if rounds < 2:
+            parser.error(f"--rounds must be >= 2 for an interval, got {rounds}")
         steppers = {key: stepper(*config) for key, config in configs.items()}
-        times = {key: [] for key in configs}
         keys = list(configs)
-        for r in range(args.rounds * steps):
-            for key in keys[r % len(keys):] + keys[: r % len(keys)]:
-                times[key].append(steppers[key]())
-        for (opt, jit), ts in times.items():
-            median = statistics.median(t[0] for t in ts)
-            base = statistics.median(t[0] for t in times[(BASELINE[opt], jit)])
-            cpu = statistics.median(t[1] for t in ts)
-            cpu_base = statistics.median(t[1] for t in times[(BASELINE[opt], jit)])
+        # times[key][round] = [(wall, cpu), ...]
+        times = {key: [[] for _ in range(rounds)] for key in keys}
+        for r in range(rounds):
+            for i in range(steps * len(keys)):
+                key = keys[(i + r) % len(keys)]
+                times[key][r].append(steppers[key]())
+        for (opt, jit), per_round in times.items():
+            base = times[(BASELINE[opt], jit)]
+            wall = [[t[0] for t in ts] for ts in per_round]
+            cpu = [[t[1] for t in ts] for ts in per_round]
+            ratio, low, high = paired_ratio(wall, [[t[0] for t in ts] for ts in base])
+            cpu_ratio, _, _ = paired_ratio(cpu, [[t[1] for t in ts] for ts in base])
+            median = statistics.median(t for ts in wall for t in ts)
+            cpu_median = statistics.median(t for ts in cpu for t in ts)
             rows.append({"model": model_name, "optimizer": opt, "jit_compile": jit,
-                         "ms_per_step": round(1000 * median, 2), "ratio": round(median / base, 3),
-                         "cpu_ms_per_step": round(1000 * cpu, 2), "cpu_ratio": round(cpu / cpu_base, 3),
-                         "rounds": args.rounds, "steps": steps, "batch": args.batch})
-            print(f"{model_name:10s} {opt:15s} jit={str(jit):5s} {1000 * median:9.2f} ms/step  "
-                  f"ratio {median / base:.3f}   cpu {1000 * cpu:9.2f} ms/step  ratio {cpu / cpu_base:.3f}",
-                  flush=True)
+                         "ms_per_step": round(1000 * median, 2), "ratio": round(ratio, 3),
+                         "ratio_ci95_low": round(low, 3), "ratio_ci95_high": round(high, 3),
+                         "cpu_ms_per_step": round(1000 * cpu_median, 2), "cpu_ratio": round(cpu_ratio, 3),
+                         "rounds": rounds, "steps": steps, "batch": args.batch})
+            print(f"{model_name:10s} {opt:24s} jit={str(jit):5s} {1000 * median:9.2f} ms/step  "
+                  f"ratio {ratio:.3f} [{low:.3f}, {high:.3f}]   cpu {1000 * cpu_median:9.2f} ms/step  "
+                  f"ratio {cpu_ratio:.3f}", flush=True)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}, Keras {keras.__version__}"
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "step_time.json"), "w") as f:
@@ -138,11 +161,12 @@ def main(argv=None):
         f.write(",".join(rows[0]) + "\n")
         for row in rows:
             f.write(",".join(str(v) for v in row.values()) + "\n")
-    print("\n| model | optimizer | jit_compile | wall ms/step | wall ratio | CPU ms/step | CPU ratio |")
+    print("\n| model | optimizer | jit_compile | wall ms/step | wall ratio [95% interval] | CPU ms/step | CPU ratio |")
     print("|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['model']} | {row['optimizer']} | {row['jit_compile']} | {row['ms_per_step']} | "
-              f"{row['ratio']} | {row['cpu_ms_per_step']} | {row['cpu_ratio']} |")
+              f"{row['ratio']:.3f} [{row['ratio_ci95_low']:.3f}, {row['ratio_ci95_high']:.3f}] | "
+              f"{row['cpu_ms_per_step']} | {row['cpu_ratio']:.3f} |")
     print(f"\nmachine: {machine}")
     return rows
 

@@ -5,6 +5,7 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
@@ -57,6 +58,22 @@ def test_step_profile_finds_the_perturbation_kernel_after_the_last_gradient(tmp_
     kernel = medians["perturbed_adam"]["xla_kernel_ms"]  # h, σ and w + u wait for the last gradient
     assert 0 < kernel < medians["perturbed_adam"]["after_last_gradient_ms"]
     assert json.loads((tmp_path / "step_profile.json").read_text())["medians"] == medians
+
+
+def test_step_time_ratio_is_paired_by_round():
+    """A slowdown that moves every configuration alike (the VM's drift) cancels round by round."""
+    from benchmarks.step_time import paired_ratio
+
+    drift = [1.0, 2.0, 1.0, 3.0, 1.5]
+    baseline = [[d * 60.0, d * 61.0, d * 59.0] for d in drift]
+    assert paired_ratio([[1.04 * t for t in ts] for ts in baseline], baseline) == pytest.approx((1.04,) * 3)
+    # per-round ratios 1.00, 1.02, ..., 1.08: the median is 1.04, the interval spans the middle ones
+    rounds = [[(1.0 + 0.02 * k) * t for t in ts] for k, ts in enumerate(baseline)]
+    ratio, low, high = paired_ratio(rounds, baseline)
+    assert ratio == pytest.approx(1.04) and 1.0 <= low < 1.04 < high <= 1.08
+    # unpaired medians would mix the drift into the ratio
+    unpaired = np.median(np.concatenate(rounds)) / np.median(np.concatenate(baseline))
+    assert abs(unpaired - 1.04) > 0.01
 
 
 def test_toy_sharp_global_minimum_has_higher_psi_and_loses_under_perturbation():
