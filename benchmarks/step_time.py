@@ -107,6 +107,11 @@ def paired_ratio(rounds, baseline_rounds, *, resamples=2000, seed=0):
     return float(np.median(ratios)), float(np.percentile(medians, 2.5)), float(np.percentile(medians, 97.5))
 
 
+def _column(per_round, k):
+    """Field `k` (0 wall, 1 CPU) of every step, round by round."""
+    return [[t[k] for t in steps] for steps in per_round]
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="mnist_cnn,wrn16_4")
@@ -117,6 +122,10 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
+    if args.rounds < 0 or args.rounds == 1:  # checked before anything is built
+        parser.error(f"--rounds must be >= 2 for an interval (or 0 for the default), got {args.rounds}")
+    if args.steps < 0:
+        parser.error(f"--steps must be >= 1 (or 0 for the default), got {args.steps}")
     warnings.filterwarnings("ignore")
     rows = []
     for model_name in args.models.split(","):
@@ -127,8 +136,6 @@ def main(argv=None):
         mnist = model_name == "mnist_cnn"
         rounds = args.rounds or (20 if mnist else 10)
         steps = args.steps or (10 if mnist else 3)
-        if rounds < 2:
-            parser.error(f"--rounds must be >= 2 for an interval, got {rounds}")
         steppers = {key: stepper(*config) for key, config in configs.items()}
         keys = list(configs)
         # times[key][round] = [(wall, cpu), ...]
@@ -138,11 +145,10 @@ def main(argv=None):
                 key = keys[(i + r) % len(keys)]
                 times[key][r].append(steppers[key]())
         for (opt, jit), per_round in times.items():
+            wall, cpu = _column(per_round, 0), _column(per_round, 1)
             base = times[(BASELINE[opt], jit)]
-            wall = [[t[0] for t in ts] for ts in per_round]
-            cpu = [[t[1] for t in ts] for ts in per_round]
-            ratio, low, high = paired_ratio(wall, [[t[0] for t in ts] for ts in base])
-            cpu_ratio, _, _ = paired_ratio(cpu, [[t[1] for t in ts] for ts in base])
+            ratio, low, high = paired_ratio(wall, _column(base, 0))
+            cpu_ratio, _, _ = paired_ratio(cpu, _column(base, 1))
             median = statistics.median(t for ts in wall for t in ts)
             cpu_median = statistics.median(t for ts in cpu for t in ts)
             rows.append({"model": model_name, "optimizer": opt, "jit_compile": jit,

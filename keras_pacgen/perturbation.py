@@ -514,11 +514,10 @@ class PerturbationMixin:
         saved = [tf.identity(_tf_var(var)) for var in state]
         finite = self._all_finite(grads)
         self._out_of_place = frozenset(id(_tf_var(var)) for var in state)
-        try:
-            super().apply(grads, variables)
+        try:  # _perturb's own writes are plain assigns: only the wrapped update is affected
+            self._perturbed_apply(grads, variables)
         finally:
             self._out_of_place = frozenset()
-        self._perturb(variables, [g is not None for g in grads])
         ops.cond(finite, lambda: None, lambda: self._undo_step(state, saved, variables))
 
     def assign_add(self, variable, value):
