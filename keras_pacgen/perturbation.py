@@ -681,7 +681,7 @@ class PerturbationMixin:
         for k, idx in enumerate(updated):
             if h_news[k] is not None:
                 local(self._hessians, idx).assign(h_news[k])
-            local(self._rhos, idx).assign(max_changes[k] * inverse_norms[k])
+            local(self._rhos, idx).assign(tf.cast(max_changes[k], tf.float32) * inverse_norms[k])
             local(self._sigmas, idx).assign(sigmas[k])
             perturbed = local(self._trainable_variables, idx).assign(noisies[k])
             # After the variable lets go of w_t's buffer, the clean slot takes it over (no copy).

@@ -76,6 +76,41 @@ def test_step_time_ratio_is_paired_by_round():
     assert abs(unpaired - 1.04) > 0.01
 
 
+def test_ab_revision_builds_the_optimizers_of_a_revision():
+    """The A/B loads perturbation.py from git as a module of its own; against HEAD with an
+    unchanged file it is the same code, so both versions train to the same bits."""
+    import subprocess
+
+    from conftest import LOSS, small_model, toy_data
+
+    import keras_pacgen as kp
+    from benchmarks import ab_revision
+    from keras_pacgen import perturbation
+
+    try:
+        base = ab_revision._module_at("HEAD")
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        pytest.skip("no git history here")
+    assert base.PerturbationMixin is not perturbation.PerturbationMixin
+    x, y = toy_data()
+    weights = {}
+    for name, make in [("installed", lambda: kp.PerturbedAdam(1e-3, gamma=1.0, seed=0)),
+                       *ab_revision._optimizers(base, "base").items()]:
+        model = small_model()
+        model.compile(optimizer=make(), loss=LOSS)
+        model.fit(x, y, epochs=1, shuffle=False, verbose=0, callbacks=[kp.PerturbationCallback()])
+        weights[name] = [np.asarray(v) for v in model.trainable_variables]
+        mixin = perturbation if name == "installed" else base
+        assert isinstance(model.optimizer, mixin.PerturbationMixin)
+    with open(perturbation.__file__) as f:
+        unchanged = f.read() == subprocess.run(
+            ["git", "-C", ab_revision.ROOT, "show", "HEAD:keras_pacgen/perturbation.py"],
+            capture_output=True, text=True).stdout
+    if unchanged:
+        for a, b in zip(weights["installed"], weights["perturbed_adam_base"]):
+            np.testing.assert_array_equal(a, b)
+
+
 def test_toy_sharp_global_minimum_has_higher_psi_and_loses_under_perturbation():
     import toy_landscape as toy
 

@@ -308,6 +308,80 @@ def test_nonfinite_gradient_skips_the_step(mode, make):
                for v, a in zip(model.trainable_variables, before_clean))
 
 
+def _trained(opt):
+    x, y = toy_data()
+    model = small_model()
+    model.compile(optimizer=opt, loss=LOSS)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[kp.PerturbationCallback()])
+    opt.apply_perturbation()
+    return model, tf.function(lambda grads: opt.apply(grads, model.trainable_variables))
+
+
+def _state(model, opt):
+    skipped = id(opt._nonfinite_steps.value)
+    return [v.numpy() for v in model.trainable_variables] + [
+        np.asarray(v) for v in opt.variables if id(v.value) != skipped
+    ]
+
+
+def _gradients(model, k, position, value):
+    """Gradients of 0.01, except entry `position` of gradient `k`."""
+    grads = [np.full(v.shape, 0.01, np.float32) for v in model.trainable_variables]
+    grads[k].reshape(-1)[position] = value
+    return [tf.constant(g) for g in grads]
+
+
+@pytest.mark.parametrize("make", [
+    lambda: kp.PerturbedAdam(learning_rate=1e-2, **PERT),
+    lambda: kp.PerturbedAdam(learning_rate=1e-2, beta_2=0.99, **PERT),
+    lambda: kp.PerturbedAdam(learning_rate=1e-2, beta_2=0.0, **{**PERT, "hessian_decay": 0.0}),
+    lambda: kp.PerturbedSGD(learning_rate=1e-2, momentum=0.9, **PERT),
+    lambda: kp.PerturbedAdam(learning_rate=1e-2, clipvalue=1.0, **PERT),
+    lambda: kp.PerturbedAdam(learning_rate=1e-2, clipnorm=1.0, **PERT),
+    lambda: kp.PerturbedSGD(learning_rate=1e-2, global_clipnorm=1.0, **PERT),
+], ids=["adam_shared_h", "adam_own_h", "adam_shared_h_decay0", "sgd", "adam_clipvalue",
+        "adam_clipnorm", "sgd_global_clipnorm"])
+def test_one_nonfinite_entry_anywhere_skips_the_step(make):
+    """One NaN, +Inf or -Inf at the first, a middle or the last entry of any one gradient skips
+    the whole step, bit for bit: with h shared with Adam or in its own slot, and with clipping
+    (the check is on the gradients before clipping: clipvalue would make an Inf finite)."""
+    opt = make()
+    model, apply = _trained(opt)
+    before = _state(model, opt)
+    cases = 0
+    for k, var in enumerate(model.trainable_variables):
+        for position in sorted({0, int(np.prod(var.shape)) // 2, int(np.prod(var.shape)) - 1}):
+            for value in (np.nan, np.inf, -np.inf):
+                apply(_gradients(model, k, position, value))
+                cases += 1
+                for a, b in zip(before, _state(model, opt)):
+                    np.testing.assert_array_equal(a, b)
+    assert int(opt.nonfinite_steps.numpy()) == cases
+    apply(_gradients(model, 0, 0, 0.01))  # and a finite step trains
+    assert int(opt.nonfinite_steps.numpy()) == cases
+    assert not np.array_equal(before[0], model.trainable_variables[0].numpy())
+
+
+def test_float16_variables_train_and_skip_nonfinite_steps():
+    """float16 variables (not mixed precision: the weights themselves): ρ is kept in float32
+    whatever the variable's dtype, a large finite gradient (300, whose square overflows float16)
+    trains, and a NaN is skipped."""
+    x, y = toy_data()
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(3, dtype="float16")])
+    opt = kp.PerturbedSGD(learning_rate=1e-4, **PERT)
+    model.compile(optimizer=opt, loss=LOSS)
+    model.fit(x, y, epochs=1, verbose=0, callbacks=[kp.PerturbationCallback()])
+    apply = tf.function(lambda grads: opt.apply(grads, model.trainable_variables))
+    kernel = model.trainable_variables[0]
+    grads = [tf.fill(v.shape, tf.constant(300.0, v.dtype)) for v in model.trainable_variables]
+    before = kernel.numpy()
+    apply(grads)
+    assert int(opt.nonfinite_steps.numpy()) == 0
+    assert not np.array_equal(before, kernel.numpy())
+    apply([tf.fill(v.shape, tf.constant(np.nan, v.dtype)) for v in model.trainable_variables])
+    assert int(opt.nonfinite_steps.numpy()) == 1
+
+
 def test_predict_sees_clean_weights_and_training_resumes_on_the_perturbed_point():
     x, _ = toy_data()
     model = fit(kp.PerturbedAdam(learning_rate=1e-2, **PERT), epochs=1)
@@ -371,8 +445,10 @@ def test_overwrite_with_gradient_variables_are_not_perturbed_and_are_restored_on
     np.testing.assert_array_equal(layer.scale.numpy(), clean)  # never perturbed
     assert not np.array_equal(layer.kernel.numpy(), opt.perturbation_state(layer.kernel)["clean_weights"])
     before = [v.numpy() for v in model.trainable_variables]
-    bad = [tf.fill(v.shape, np.nan) for v in model.trainable_variables]
-    tf.function(lambda: opt.apply(bad, model.trainable_variables))()
+    apply = tf.function(lambda grads: opt.apply(grads, model.trainable_variables))
+    apply([tf.fill(v.shape, np.nan) for v in model.trainable_variables])
+    # only the unperturbed variable's gradient is bad
+    apply([tf.fill(layer.kernel.shape, 0.01), tf.constant(np.inf)])
     for a, v in zip(before, model.trainable_variables):
         np.testing.assert_array_equal(a, v.numpy())
-    assert int(opt.nonfinite_steps.numpy()) == 1
+    assert int(opt.nonfinite_steps.numpy()) == 2
