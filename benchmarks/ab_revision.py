@@ -9,7 +9,8 @@ builds PerturbedAdam and PerturbedSGD on both versions of the mixin (the argumen
 `step_time.py` does: one step at a time in rotating order, `--steps` steps of each per round,
 ratios paired by round (per-round medians) with a 95% bootstrap interval over the rounds. It
 prints, for wall and process CPU time, each version's ratio to the plain optimizer and the ratio
-of the working tree's version to REV's.
+of the working tree's version to REV's. Only perturbation.py comes from REV; the rest of
+keras_pacgen (noise.py, the validation) is the working tree's, so REV must be compatible with it.
 """
 
 from __future__ import annotations
