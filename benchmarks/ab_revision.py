@@ -27,20 +27,22 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import keras  # noqa: E402
-
+import keras_pacgen as kp  # noqa: E402
 from benchmarks import step_time  # noqa: E402
-from keras_pacgen import perturbation  # noqa: E402
+
+
+def source_at(revision: str) -> str:
+    """The text of keras_pacgen/perturbation.py at `revision`."""
+    return subprocess.run(
+        ["git", "-C", ROOT, "show", f"{revision}:keras_pacgen/perturbation.py"],
+        check=True, capture_output=True, text=True,
+    ).stdout
 
 
 def _module_at(revision: str):
     """keras_pacgen/perturbation.py as it is at `revision`, imported under another name."""
-    source = subprocess.run(
-        ["git", "-C", ROOT, "show", f"{revision}:keras_pacgen/perturbation.py"],
-        check=True, capture_output=True, text=True,
-    ).stdout
     with tempfile.NamedTemporaryFile("w", suffix=".py", delete=False) as f:
-        f.write(source)
+        f.write(source_at(revision))
     spec = importlib.util.spec_from_file_location("perturbation_base", f.name)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -48,13 +50,19 @@ def _module_at(revision: str):
     return module
 
 
-def _optimizers(module, tag):
-    adam = type(f"PerturbedAdam_{tag}", (module.PerturbationMixin, keras.optimizers.Adam),
-                {"_second_moment_source": ("_velocities", "beta_2")})
-    sgd = type(f"PerturbedSGD_{tag}", (module.PerturbationMixin, keras.optimizers.SGD), {})
+def _rebased(cls, module):
+    """`cls` (PerturbedAdam, PerturbedSGD) with `module`'s PerturbationMixin in place of ours."""
+    wrapped = [base for base in cls.__bases__ if base is not kp.PerturbationMixin]
+    return type(f"{cls.__name__}_base", (module.PerturbationMixin, *wrapped),
+                {"_second_moment_source": cls._second_moment_source})
+
+
+def base_optimizers(module):
+    """step_time.py's perturbed_adam and perturbed_sgd, built on `module`'s mixin."""
+    adam, sgd = _rebased(kp.PerturbedAdam, module), _rebased(kp.PerturbedSGD, module)
     return {
-        f"perturbed_adam_{tag}": lambda: adam(1e-3, gamma=1.0, seed=0),
-        f"perturbed_sgd_{tag}": lambda: sgd(0.01, momentum=0.9, gamma=1.0, seed=0),
+        "perturbed_adam_base": lambda: adam(**step_time.ADAM, **step_time.PERTURBATION),
+        "perturbed_sgd_base": lambda: sgd(**step_time.SGD, **step_time.PERTURBATION),
     }
 
 
@@ -70,26 +78,19 @@ def main(argv=None):
     if args.rounds < 2 or args.steps < 1:
         parser.error(f"--rounds must be >= 2 and --steps >= 1, got {args.rounds} and {args.steps}")
     warnings.filterwarnings("ignore")
-    step_time.OPTIMIZERS.update(_optimizers(perturbation, "tree"))
-    step_time.OPTIMIZERS.update(_optimizers(_module_at(args.base), "base"))
-    keys = ["adam", "perturbed_adam_tree", "perturbed_adam_base",
-            "sgd", "perturbed_sgd_tree", "perturbed_sgd_base"]
+    step_time.OPTIMIZERS.update(base_optimizers(_module_at(args.base)))
+    keys = ["adam", "perturbed_adam", "perturbed_adam_base", "sgd", "perturbed_sgd", "perturbed_sgd_base"]
     jit = args.jit == "true"
     steppers = {k: step_time.stepper(*step_time.build("mnist_cnn", k, jit, 128)) for k in keys}
-    times = {k: [[] for _ in range(args.rounds)] for k in keys}
-    for r in range(args.rounds):
-        for i in range(args.steps * len(keys)):
-            key = keys[(i + r) % len(keys)]
-            times[key][r].append(steppers[key]())
+    times = step_time.time_rounds(steppers, args.rounds, args.steps)
     print(f"mnist_cnn, batch 128, jit_compile={jit}, {args.rounds} rounds x {args.steps} steps; "
-          f"tree = working tree, base = {args.base}")
+          f"perturbed_* = working tree, perturbed_*_base = {args.base}")
     for family in ("adam", "sgd"):
-        for a, b in ((f"perturbed_{family}_tree", family), (f"perturbed_{family}_base", family),
-                     (f"perturbed_{family}_tree", f"perturbed_{family}_base")):
+        for a, b in ((f"perturbed_{family}", family), (f"perturbed_{family}_base", family),
+                     (f"perturbed_{family}", f"perturbed_{family}_base")):
             cells = []
             for k, name in ((0, "wall"), (1, "cpu")):
-                ratio, low, high = step_time.paired_ratio(
-                    step_time._column(times[a], k), step_time._column(times[b], k))
+                ratio, low, high = step_time.paired_column_ratio(times[a], times[b], k)
                 cells.append(f"{name} {ratio:.3f} [{low:.3f}, {high:.3f}]")
             print(f"{a:22s} / {b:20s} " + "   ".join(cells), flush=True)
 

@@ -46,18 +46,19 @@ MODELS = {
     "mnist_cnn": (lambda: models.mnist_cnn(), (28, 28, 1), 10),
     "wrn16_4": (lambda: models.wide_resnet(16, 4, input_shape=(32, 32, 3)), (32, 32, 3), 10),
 }
+ADAM = dict(learning_rate=1e-3)
+SGD = dict(learning_rate=0.01, momentum=0.9)
+PERTURBATION = dict(gamma=1.0, seed=0)
 OPTIMIZERS = {
-    "adam": lambda: keras.optimizers.Adam(1e-3),
-    "perturbed_adam": lambda: kp.PerturbedAdam(1e-3, gamma=1.0, seed=0),
-    "sgd": lambda: keras.optimizers.SGD(0.01, momentum=0.9),
-    "perturbed_sgd": lambda: kp.PerturbedSGD(0.01, momentum=0.9, gamma=1.0, seed=0),
+    "adam": lambda: keras.optimizers.Adam(**ADAM),
+    "perturbed_adam": lambda: kp.PerturbedAdam(**ADAM, **PERTURBATION),
+    "sgd": lambda: keras.optimizers.SGD(**SGD),
+    "perturbed_sgd": lambda: kp.PerturbedSGD(**SGD, **PERTURBATION),
     # Without the non-finite guard: the cost of Algorithm 1 alone (plain Adam and SGD do not check
     # their gradients either); the guard waits for every gradient before any variable is updated.
-    "perturbed_adam_unguarded": lambda: kp.PerturbedAdam(1e-3, gamma=1.0, seed=0, skip_nonfinite=False),
-    "perturbed_sgd_unguarded": lambda: kp.PerturbedSGD(
-        0.01, momentum=0.9, gamma=1.0, seed=0, skip_nonfinite=False
-    ),
-    "sam_adam": lambda: keras.optimizers.Adam(1e-3),
+    "perturbed_adam_unguarded": lambda: kp.PerturbedAdam(**ADAM, **PERTURBATION, skip_nonfinite=False),
+    "perturbed_sgd_unguarded": lambda: kp.PerturbedSGD(**SGD, **PERTURBATION, skip_nonfinite=False),
+    "sam_adam": lambda: keras.optimizers.Adam(**ADAM),
 }
 BASELINE = {"perturbed_adam": "adam", "perturbed_sgd": "sgd", "sam_adam": "adam", "adam": "adam", "sgd": "sgd",
             "perturbed_adam_unguarded": "adam", "perturbed_sgd_unguarded": "sgd"}
@@ -112,6 +113,23 @@ def _column(per_round, k):
     return [[t[k] for t in steps] for steps in per_round]
 
 
+def paired_column_ratio(times, baseline_times, k):
+    """`paired_ratio` of field `k` (0 wall, 1 CPU) of two configurations' timed rounds."""
+    return paired_ratio(_column(times, k), _column(baseline_times, k))
+
+
+def time_rounds(steppers, rounds, steps):
+    """{key: [[(wall, cpu) of each step] for each round]}: each round runs `steps` steps of every
+    stepper, one step at a time in rotating order (the starting one moves by one each round)."""
+    keys = list(steppers)
+    times = {key: [[] for _ in range(rounds)] for key in keys}
+    for r in range(rounds):
+        for i in range(steps * len(keys)):
+            key = keys[(i + r) % len(keys)]
+            times[key][r].append(steppers[key]())
+    return times
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="mnist_cnn,wrn16_4")
@@ -136,21 +154,13 @@ def main(argv=None):
         mnist = model_name == "mnist_cnn"
         rounds = args.rounds or (20 if mnist else 10)
         steps = args.steps or (10 if mnist else 3)
-        steppers = {key: stepper(*config) for key, config in configs.items()}
-        keys = list(configs)
-        # times[key][round] = [(wall, cpu), ...]
-        times = {key: [[] for _ in range(rounds)] for key in keys}
-        for r in range(rounds):
-            for i in range(steps * len(keys)):
-                key = keys[(i + r) % len(keys)]
-                times[key][r].append(steppers[key]())
+        times = time_rounds({key: stepper(*config) for key, config in configs.items()}, rounds, steps)
         for (opt, jit), per_round in times.items():
-            wall, cpu = _column(per_round, 0), _column(per_round, 1)
             base = times[(BASELINE[opt], jit)]
-            ratio, low, high = paired_ratio(wall, _column(base, 0))
-            cpu_ratio, _, _ = paired_ratio(cpu, _column(base, 1))
-            median = statistics.median(t for ts in wall for t in ts)
-            cpu_median = statistics.median(t for ts in cpu for t in ts)
+            ratio, low, high = paired_column_ratio(per_round, base, 0)
+            cpu_ratio, _, _ = paired_column_ratio(per_round, base, 1)
+            median = statistics.median(t for ts in _column(per_round, 0) for t in ts)
+            cpu_median = statistics.median(t for ts in _column(per_round, 1) for t in ts)
             rows.append({"model": model_name, "optimizer": opt, "jit_compile": jit,
                          "ms_per_step": round(1000 * median, 2), "ratio": round(ratio, 3),
                          "ratio_ci95_low": round(low, 3), "ratio_ci95_high": round(high, 3),

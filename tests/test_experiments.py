@@ -84,7 +84,7 @@ def test_ab_revision_builds_the_optimizers_of_a_revision():
     from conftest import LOSS, small_model, toy_data
 
     import keras_pacgen as kp
-    from benchmarks import ab_revision
+    from benchmarks import ab_revision, step_time
     from keras_pacgen import perturbation
 
     try:
@@ -94,8 +94,8 @@ def test_ab_revision_builds_the_optimizers_of_a_revision():
     assert base.PerturbationMixin is not perturbation.PerturbationMixin
     x, y = toy_data()
     weights = {}
-    for name, make in [("installed", lambda: kp.PerturbedAdam(1e-3, gamma=1.0, seed=0)),
-                       *ab_revision._optimizers(base, "base").items()]:
+    for name, make in [("installed", step_time.OPTIMIZERS["perturbed_adam"]),
+                       *ab_revision.base_optimizers(base).items()]:
         model = small_model()
         model.compile(optimizer=make(), loss=LOSS)
         model.fit(x, y, epochs=1, shuffle=False, verbose=0, callbacks=[kp.PerturbationCallback()])
@@ -103,9 +103,7 @@ def test_ab_revision_builds_the_optimizers_of_a_revision():
         mixin = perturbation if name == "installed" else base
         assert isinstance(model.optimizer, mixin.PerturbationMixin)
     with open(perturbation.__file__) as f:
-        unchanged = f.read() == subprocess.run(
-            ["git", "-C", ab_revision.ROOT, "show", "HEAD:keras_pacgen/perturbation.py"],
-            capture_output=True, text=True).stdout
+        unchanged = f.read() == ab_revision.source_at("HEAD")
     if unchanged:
         for a, b in zip(weights["installed"], weights["perturbed_adam_base"]):
             np.testing.assert_array_equal(a, b)

@@ -263,61 +263,23 @@ def test_warns_without_callback_and_not_with_it():
         model.fit(x, y, epochs=1, verbose=0, callbacks=[kp.PerturbationCallback()])
 
 
-@pytest.mark.parametrize("mode", ["eager", "function", "jit"])
-@pytest.mark.parametrize("make", [
-    lambda: kp.PerturbedAdam(learning_rate=1e-2, **PERT),
-    lambda: kp.PerturbedSGD(learning_rate=1e-2, momentum=0.9, **PERT),
-], ids=["adam", "sgd"])
-def test_nonfinite_gradient_skips_the_step(mode, make):
-    """The wrapped update runs speculatively (before the finite check) and is undone: weights,
-    every slot and the step counter come back bit for bit, also when only one gradient is bad."""
+def _trained(opt, mode="function"):
+    """A small model trained one epoch by `opt`, perturbed, and `apply(grads)` for it: eager,
+    inside a tf.function ("function") or an XLA-compiled one ("jit")."""
     x, y = toy_data()
     model = small_model()
-    opt = make()
     model.compile(optimizer=opt, loss=LOSS)
     model.fit(x, y, epochs=1, verbose=0, callbacks=[kp.PerturbationCallback()])
     opt.apply_perturbation()
-    before_vars = [np.asarray(v) for v in model.trainable_variables]
-    before_opt = [np.asarray(v) for v in opt.variables]
-    before_clean = [opt.perturbation_state(v)["clean_weights"].numpy() for v in model.trainable_variables]
-    iterations = int(opt.iterations.numpy())
 
     def apply(grads):
         opt.apply(grads, model.trainable_variables)
 
-    if mode != "eager":
-        apply = tf.function(apply, jit_compile=mode == "jit")
-    for bad_index in (None, 0):  # every gradient NaN; then only the first one Inf
-        bad = [tf.fill(v.shape, np.nan) if bad_index is None else tf.ones(v.shape) * 0.01
-               for v in model.trainable_variables]
-        if bad_index is not None:
-            bad[bad_index] = tf.tensor_scatter_nd_update(
-                bad[bad_index], [[0] * len(bad[bad_index].shape)], [np.inf])
-        apply(bad)
-        for a, v in zip(before_vars, model.trainable_variables):
-            np.testing.assert_array_equal(a, v.numpy())
-        skipped = {id(opt._nonfinite_steps.value)}
-        for a, v in zip(before_opt, opt.variables):
-            if id(v.value) not in skipped:
-                np.testing.assert_array_equal(a, np.asarray(v))
-    assert int(opt.nonfinite_steps.numpy()) == 2
-    # a finite step afterwards still trains
-    apply([tf.ones(v.shape) * 0.01 for v in model.trainable_variables])
-    assert int(opt.iterations.numpy()) == iterations + 1
-    assert all(not np.array_equal(opt.perturbation_state(v)["clean_weights"].numpy(), a)
-               for v, a in zip(model.trainable_variables, before_clean))
-
-
-def _trained(opt):
-    x, y = toy_data()
-    model = small_model()
-    model.compile(optimizer=opt, loss=LOSS)
-    model.fit(x, y, epochs=1, verbose=0, callbacks=[kp.PerturbationCallback()])
-    opt.apply_perturbation()
-    return model, tf.function(lambda grads: opt.apply(grads, model.trainable_variables))
+    return model, apply if mode == "eager" else tf.function(apply, jit_compile=mode == "jit")
 
 
 def _state(model, opt):
+    """The model's variables and every optimizer variable but the skipped-step counter."""
     skipped = id(opt._nonfinite_steps.value)
     return [v.numpy() for v in model.trainable_variables] + [
         np.asarray(v) for v in opt.variables if id(v.value) != skipped
@@ -329,6 +291,36 @@ def _gradients(model, k, position, value):
     grads = [np.full(v.shape, 0.01, np.float32) for v in model.trainable_variables]
     grads[k].reshape(-1)[position] = value
     return [tf.constant(g) for g in grads]
+
+
+@pytest.mark.parametrize("mode", ["eager", "function", "jit"])
+@pytest.mark.parametrize("make", [
+    lambda: kp.PerturbedAdam(learning_rate=1e-2, **PERT),
+    lambda: kp.PerturbedSGD(learning_rate=1e-2, momentum=0.9, **PERT),
+], ids=["adam", "sgd"])
+def test_nonfinite_gradient_skips_the_step(mode, make):
+    """The wrapped update runs speculatively (before the finite check) and is undone: weights,
+    every slot and the step counter come back bit for bit, also when only one gradient is bad."""
+    opt = make()
+    model, apply = _trained(opt, mode)
+    before = _state(model, opt)
+    before_clean = [opt.perturbation_state(v)["clean_weights"].numpy() for v in model.trainable_variables]
+    iterations = int(opt.iterations.numpy())
+    for bad_index in (None, 0):  # every gradient NaN; then only the first one Inf
+        bad = [tf.fill(v.shape, np.nan) if bad_index is None else tf.ones(v.shape) * 0.01
+               for v in model.trainable_variables]
+        if bad_index is not None:
+            bad[bad_index] = tf.tensor_scatter_nd_update(
+                bad[bad_index], [[0] * len(bad[bad_index].shape)], [np.inf])
+        apply(bad)
+        for a, b in zip(before, _state(model, opt)):
+            np.testing.assert_array_equal(a, b)
+    assert int(opt.nonfinite_steps.numpy()) == 2
+    # a finite step afterwards still trains
+    apply([tf.ones(v.shape) * 0.01 for v in model.trainable_variables])
+    assert int(opt.iterations.numpy()) == iterations + 1
+    assert all(not np.array_equal(opt.perturbation_state(v)["clean_weights"].numpy(), a)
+               for v, a in zip(model.trainable_variables, before_clean))
 
 
 @pytest.mark.parametrize("make", [
