@@ -14,7 +14,12 @@ takes, from the trace:
   function's return; for a perturbed optimizer it also holds the work that needs
   ‖w_t − w_{t−1}‖ over all variables: σ and w + u for every variable;
 * ``XLA kernel``: the time of the XLA fusions (the h, σ and w + u kernel of `perturbation.py`)
-  inside that interval.
+  inside that interval;
+* ``XLA call``: from the start of the op that runs that kernel (a ``PartitionedCall`` that
+  TensorFlow's executor runs asynchronously) to the end of its completion callback. What it
+  holds beyond the kernel is the cost of calling XLA from a graph that is not compiled: looking
+  up the executable for the ~50 arguments, allocating the outputs, and handing the work to XLA's
+  threads and the result back.
 
 Prints the medians and writes ``step_profile.json``. The trace is read with TensorFlow's
 profiler plug-in (``_pywrap_profiler_plugin.xspace_to_tools_data``, a private API of the
@@ -57,7 +62,7 @@ def trace_events(steps, run_step) -> list[dict]:
 
 def step_intervals(events) -> list[dict]:
     """Per recorded step (first and last dropped): duration, time after the last gradient op,
-    and XLA fusion time in that interval, in ms."""
+    XLA fusion time in that interval, and the duration of the XLA call in it, in ms."""
     steps = sorted((e for e in events if e["name"] == "multi_step_on_iterator"), key=lambda e: e["ts"])
     rows = []
     for step in steps[1:-1]:
@@ -72,8 +77,27 @@ def step_intervals(events) -> list[dict]:
             if e["ts"] >= last and "fusion" in e["name"] and not e["name"].startswith("end:")
         )
         rows.append({"step_ms": step["dur"] / 1e3, "after_last_gradient_ms": (end - last) / 1e3,
-                     "xla_kernel_ms": kernel / 1e3})
+                     "xla_kernel_ms": kernel / 1e3, "xla_call_ms": _async_calls(inside, last) / 1e3})
     return rows
+
+
+def _async_calls(events, after) -> float:
+    """Total time, in µs, of the asynchronous function calls (the XLA kernel's op) that start
+    after `after`: from ``ProcessAsync::Start`` to the end of the matching ``ProcessAsync::Done``."""
+    def calls(phase):
+        return sorted(
+            (e for e in events if e["name"] == f"ExecutorState::ProcessAsync::{phase}"
+             and e.get("args", {}).get("kernel_type") == "PartitionedCall"),
+            key=lambda e: e["ts"],
+        )
+
+    total = 0.0
+    for start in (e for e in calls("Start") if e["ts"] >= after):
+        done = next((e for e in calls("Done") if e["ts"] >= start["ts"]
+                     and e["args"].get("name") == start["args"].get("name")), None)
+        if done is not None:
+            total += done["ts"] + done["dur"] - start["ts"]
+    return total
 
 
 def main(argv=None):
@@ -97,10 +121,11 @@ def main(argv=None):
         results[opt] = {key: round(statistics.median(r[key] for r in rows), 3) for key in rows[0]}
         results[opt]["steps"] = len(rows)
     print(f"\n{args.model}, jit_compile={args.jit}, batch {args.batch}: medians over the recorded steps\n")
-    print("| optimizer | step ms | after last gradient ms | of which XLA kernel ms |")
-    print("|---|---|---|---|")
+    print("| optimizer | step ms | after last gradient ms | of which the XLA call ms | of which its kernel ms |")
+    print("|---|---|---|---|---|")
     for opt, r in results.items():
-        print(f"| {opt} | {r['step_ms']:.1f} | {r['after_last_gradient_ms']:.2f} | {r['xla_kernel_ms']:.2f} |")
+        print(f"| {opt} | {r['step_ms']:.1f} | {r['after_last_gradient_ms']:.2f} | {r['xla_call_ms']:.2f} | "
+              f"{r['xla_kernel_ms']:.2f} |")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "step_profile.json"), "w") as f:
         json.dump({"model": args.model, "jit_compile": args.jit == "true", "batch": args.batch,

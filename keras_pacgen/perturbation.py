@@ -207,8 +207,12 @@ def _in_xla_context() -> bool:
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
-def _new_perturbations(gradients, news, olds, hs, h_olds, inverse_norms, log_epoch, step, indices,
-                       **settings):
+def _new_perturbations(gradients, news, olds, hs, h_olds, inverse_norms, log_epoch, step, *,
+                       indices, **settings):
+    """`_new_perturbation` for the variables at `indices` (Python ints: constants of the trace,
+    not arguments). One inverse norm for all (``rho_norm="global"``) or one per variable."""
+    if len(inverse_norms) == 1:
+        inverse_norms = inverse_norms * len(indices)
     outputs = [
         _new_perturbation(g, w, o, h, ho, n, log_epoch, step, i, **settings)
         for g, w, o, h, ho, n, i in zip(gradients, news, olds, hs, h_olds, inverse_norms, indices)
@@ -221,7 +225,10 @@ def _new_perturbations(gradients, news, olds, hs, h_olds, inverse_norms, log_epo
 # weights. It takes the lists of all variables of a device and returns new tensors rather than
 # assign variables it also reads (which makes XLA copy them first). The two reductions stay
 # TensorFlow ops, one per variable: they run while the backward pass still computes the other
-# gradients, which a kernel over all variables would wait for.
+# gradients, which a kernel over all variables would wait for. Calling XLA from a graph that is
+# not compiled costs per argument (the executable's lookup and the buffers of each input), so
+# what is the same for every variable goes in once: the variable indices as constants of the
+# trace, the global norm as one scalar.
 _fused = {
     name: tf.function(fn, jit_compile=True, autograph=False)
     for name, fn in (
@@ -669,10 +676,10 @@ class PerturbationMixin:
         if self.rho_norm == "variable":
             inverse_norms = [tf.math.divide_no_nan(1.0, tf.sqrt(s)) for s in squares]
         else:
-            inverse_norms = [tf.math.divide_no_nan(1.0, tf.sqrt(tf.add_n(squares)))] * len(updated)
+            inverse_norms = [tf.math.divide_no_nan(1.0, tf.sqrt(tf.add_n(squares)))]
         h_news, sigmas, noisies = _fused["new_perturbations"](
             gradients, news, olds, hs, h_olds, inverse_norms, log_epoch, step,
-            [tf.constant(idx, tf.int32) for idx in updated], decay=self.hessian_decay,
+            indices=tuple(updated), decay=self.hessian_decay,
             shared=self._hessian_is_shared, threshold=self.grad_threshold, eta=self.eta,
             gamma=self.gamma, epsilon=self.kappa_epsilon, seed=self.seed,
             kappa_previous=self.kappa_weights == "previous",
@@ -681,7 +688,8 @@ class PerturbationMixin:
         for k, idx in enumerate(updated):
             if h_news[k] is not None:
                 local(self._hessians, idx).assign(h_news[k])
-            local(self._rhos, idx).assign(tf.cast(max_changes[k], tf.float32) * inverse_norms[k])
+            inverse_norm = inverse_norms[k if len(inverse_norms) > 1 else 0]
+            local(self._rhos, idx).assign(tf.cast(max_changes[k], tf.float32) * inverse_norm)
             local(self._sigmas, idx).assign(sigmas[k])
             perturbed = local(self._trainable_variables, idx).assign(noisies[k])
             # After the variable lets go of w_t's buffer, the clean slot takes it over (no copy).
