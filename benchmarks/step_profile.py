@@ -18,7 +18,7 @@ takes, from the trace:
 * ``XLA call``: from the start of the op that runs that kernel (a ``PartitionedCall`` that
   TensorFlow's executor runs asynchronously) to the end of its completion callback. What it
   holds beyond the kernel is the cost of calling XLA from a graph that is not compiled: looking
-  up the executable for the ~50 arguments, allocating the outputs, and handing the work to XLA's
+  up the executable for its arguments, allocating the outputs, and handing the work to XLA's
   threads and the result back.
 
 Prints the medians and writes ``step_profile.json``. The trace is read with TensorFlow's
