@@ -91,9 +91,9 @@ def _async_calls(events, after) -> float:
             key=lambda e: e["ts"],
         )
 
-    total = 0.0
+    total, dones = 0.0, calls("Done")
     for start in (e for e in calls("Start") if e["ts"] >= after):
-        done = next((e for e in calls("Done") if e["ts"] >= start["ts"]
+        done = next((e for e in dones if e["ts"] >= start["ts"]
                      and e["args"].get("name") == start["args"].get("name")), None)
         if done is not None:
             total += done["ts"] + done["dur"] - start["ts"]

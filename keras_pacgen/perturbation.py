@@ -207,12 +207,16 @@ def _in_xla_context() -> bool:
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
+def _per_variable(values: list, count: int) -> list:
+    """`values` for each of `count` variables: one value shared by all, or one per variable."""
+    return values * count if len(values) == 1 else values
+
+
 def _new_perturbations(gradients, news, olds, hs, h_olds, inverse_norms, log_epoch, step, *,
                        indices, **settings):
     """`_new_perturbation` for the variables at `indices` (Python ints: constants of the trace,
     not arguments). One inverse norm for all (``rho_norm="global"``) or one per variable."""
-    if len(inverse_norms) == 1:
-        inverse_norms = inverse_norms * len(indices)
+    inverse_norms = _per_variable(inverse_norms, len(indices))
     outputs = [
         _new_perturbation(g, w, o, h, ho, n, log_epoch, step, i, **settings)
         for g, w, o, h, ho, n, i in zip(gradients, news, olds, hs, h_olds, inverse_norms, indices)
@@ -685,10 +689,9 @@ class PerturbationMixin:
             kappa_previous=self.kappa_weights == "previous",
             sigma_dtype=self._sigmas[updated[0]].dtype,
         )
-        for k, idx in enumerate(updated):
+        for k, (idx, inverse_norm) in enumerate(zip(updated, _per_variable(inverse_norms, len(updated)))):
             if h_news[k] is not None:
                 local(self._hessians, idx).assign(h_news[k])
-            inverse_norm = inverse_norms[k if len(inverse_norms) > 1 else 0]
             local(self._rhos, idx).assign(tf.cast(max_changes[k], tf.float32) * inverse_norm)
             local(self._sigmas, idx).assign(sigmas[k])
             perturbed = local(self._trainable_variables, idx).assign(noisies[k])
