@@ -118,56 +118,55 @@ def perturbation_scale(hessian, rho, kappa, mask, *, eta: float, log_epoch):
     return tf.minimum(bound, kappa) * mask
 
 
-def _hessian_difference(gradient, h, h_old, *, decay: float, shared: bool):
-    """(d, c) with h_{t+1} − h_t = c · d (Algorithm 1 line 14), c > 0 a constant:
-
-    * own slot (``shared=False``): ``h`` is h_t, d = g² − h_t, c = 1 − β1;
-    * the wrapped optimizer's second moment, already updated: ``h`` is h_{t+1}
-      = β h_t + (1 − β) g², so d = g² − h_{t+1}, c = (1 − β)/β and no copy of the old slot is
-      needed; for β = 0 that cannot be inverted and ``h_old`` is a copy taken before: d = h − h_old.
-    """
+def _hessian_difference(gradient, h, h_old, *, decay: float):
+    """(d, c) with h_{t+1} − h_t = c · d (Algorithm 1 line 14), c > 0 a constant, from ``h``
+    = h_{t+1} = β h_t + (1 − β) g², already updated (by the wrapped optimizer when h is its
+    second moment, else by `_next_hessian`): d = g² − h_{t+1}, c = (1 − β)/β, no copy of h_t
+    needed. For β = 0 that cannot be inverted and ``h_old`` is h_t: d = h − h_old, c = 1."""
     if h_old is not None:
         return h - h_old, 1.0
-    return tf.square(gradient) - h, (1.0 - decay) / decay if shared else 1.0 - decay
+    return tf.square(gradient) - h, (1.0 - decay) / decay
 
 
-def _hessian_change(gradient, h, h_old, *, decay: float, shared: bool):
-    """(h_{t+1}, |h_{t+1} − h_t|) from this step's gradient and the h slot."""
-    difference, scale = _hessian_difference(gradient, h, h_old, decay=decay, shared=shared)
-    h_new = h if shared else h + difference * scale
-    return h_new, tf.abs(difference) * scale
+def _next_hessian(gradient, h, *, decay: float, xla: bool):
+    """h in its own slot: (h_{t+1}, max_i |h_{t+1}[i] − h_t[i]|) from h_t (Algorithm 1 line 14),
+    with the one difference g² − h_t that both need."""
+    difference = tf.square(gradient) - h
+    return h + difference * (1.0 - decay), _max_abs(difference, xla=xla) * (1.0 - decay)
 
 
-def _max_change(gradient, h, h_old, *, decay: float, shared: bool, xla: bool):
+def _max_change(gradient, h, h_old, *, decay: float, xla: bool):
     """max_i |h_{t+1}[i] − h_t[i]|, the numerator of the variable's ρ, with the constant taken
     out of the max (the same number: rounding is monotonic), one pass fewer."""
-    difference, scale = _hessian_difference(gradient, h, h_old, decay=decay, shared=shared)
+    difference, scale = _hessian_difference(gradient, h, h_old, decay=decay)
+    return _max_abs(difference, xla=xla) * scale
+
+
+def _max_abs(x, *, xla: bool):
+    """max_i |x[i]|."""
     if xla:
-        largest = tf.reduce_max(_lanes(tf.reduce_max, tf.abs(difference), 0.0))
-    else:  # two reads, no |·| copy
-        largest = tf.maximum(tf.reduce_max(difference), -tf.reduce_min(difference))
-    return largest * scale
+        return tf.reduce_max(_lanes(tf.reduce_max, tf.abs(x), 0.0))
+    return tf.maximum(tf.reduce_max(x), -tf.reduce_min(x))  # two reads, no |·| copy
 
 
 def _new_perturbation(gradient, w_new, w_prev, h, h_old, inverse_norm, log_epoch, step, index, *,
-                      decay, shared, threshold, eta, gamma, epsilon, seed, kappa_previous,
-                      sigma_dtype):
-    """Algorithm 1 lines 7-11 and 14 for one variable: returns (h_{t+1} or None, σ, w_t + u).
+                      decay, threshold, eta, gamma, epsilon, seed, kappa_previous, sigma_dtype):
+    """Algorithm 1 lines 7-11 for one variable, from h_{t+1} (``h``): returns (σ, w_t + u).
 
     ρ[i] = |h_{t+1}[i] − h_t[i]| / ‖w_t − w_{t−1}‖ (``inverse_norm`` is 1/‖·‖, 0 for a zero
     norm), κ from ``w_prev`` or ``w_new``, σ rounded to bfloat16 (see noise.py), u = σ ⊙ r.
     """
     dtype = w_new.dtype
-    gradient = tf.cast(gradient, dtype)
-    h_new, change = _hessian_change(gradient, tf.cast(h, dtype), h_old, decay=decay, shared=shared)
-    rho = change * tf.cast(inverse_norm, dtype)
+    gradient, h = tf.cast(gradient, dtype), tf.cast(h, dtype)
+    difference, scale = _hessian_difference(gradient, h, h_old, decay=decay)
+    rho = tf.abs(difference) * scale * tf.cast(inverse_norm, dtype)
     kappa = neighbourhood_radius(
         w_prev if kappa_previous else w_new, gamma=gamma, epsilon=epsilon, log_epoch=log_epoch
     )
     mask = tf.cast(tf.abs(gradient) < threshold, dtype)
-    sigma = tf.cast(perturbation_scale(h_new, rho, kappa, mask, eta=eta, log_epoch=log_epoch), tf.bfloat16)
+    sigma = tf.cast(perturbation_scale(h, rho, kappa, mask, eta=eta, log_epoch=log_epoch), tf.bfloat16)
     noisy = _noisy(w_new, sigma, step, index, seed=seed)
-    return (None if shared else h_new), tf.cast(sigma, sigma_dtype), noisy
+    return tf.cast(sigma, sigma_dtype), noisy
 
 
 def _perturbation(sigma, shape, dtype, step, index, *, seed):
@@ -224,15 +223,17 @@ def _new_perturbations(gradients, news, olds, hs, h_olds, inverse_norms, log_epo
     return [list(column) for column in zip(*outputs)]
 
 
-# The elementwise work of a step (h, σ and w + u) runs as one XLA kernel per device even when the
-# train step is not compiled: without fusion each elementwise op would be one more pass over the
-# weights. It takes the lists of all variables of a device and returns new tensors rather than
-# assign variables it also reads (which makes XLA copy them first). The two reductions stay
-# TensorFlow ops, one per variable: they run while the backward pass still computes the other
-# gradients, which a kernel over all variables would wait for. Calling XLA from a graph that is
-# not compiled costs per argument (the executable's lookup and the buffers of each input), so
-# what is the same for every variable goes in once: the variable indices as constants of the
-# trace, the global norm as one scalar.
+# The elementwise work of a step that needs ‖w_t − w_{t−1}‖ (σ and w + u) runs as one XLA kernel
+# per device even when the train step is not compiled: without fusion each elementwise op would be
+# one more pass over the weights. It takes the lists of all variables of a device and returns new
+# tensors rather than assign variables it also reads (which makes XLA copy them first). The two
+# reductions stay TensorFlow ops, one per variable: they run while the backward pass still
+# computes the other gradients, which a kernel over all variables would wait for. So does h's
+# update when h has a slot of its own: in the kernel it would be one more loop (XLA gives each
+# output its own) after the last gradient. Calling XLA from a graph that is not compiled costs per
+# argument (the executable's lookup and the buffers of each input), so what is the same for every
+# variable goes in once: the variable indices as constants of the trace, the global norm as one
+# scalar.
 _fused = {
     name: tf.function(fn, jit_compile=True, autograph=False)
     for name, fn in (
@@ -637,8 +638,9 @@ class PerturbationMixin:
     def _perturb(self, variables, has_grad):
         """Algorithm 1 lines 7-11 and 14 for the next step; leaves the variables holding w + u.
 
-        On each device, all variables at once: the reductions (‖w_t − w_{t−1}‖² and max|Δh| per
-        variable, each as soon as its variable is updated), then h, σ and w + u.
+        On each device, all variables at once: h_{t+1} (when it has a slot of its own) and the
+        reductions (‖w_t − w_{t−1}‖² and max|Δh| per variable), each as soon as its variable is
+        updated, then σ and w + u.
         """
         step = tf.identity(_tf_var(self._iterations))  # already advanced: the draw's step
         log_epoch = self._log_epoch()
@@ -673,27 +675,37 @@ class PerturbationMixin:
         # One reduction per variable, so that each runs as soon as its variable is updated.
         xla = _in_xla_context()
         squares = [_squared_distance(a, b, xla=xla) for a, b in zip(news, olds)]
-        max_changes = [
-            _max_change(g, h, o, decay=self.hessian_decay, shared=self._hessian_is_shared, xla=xla)
-            for g, h, o in zip(gradients, hs, h_olds)
-        ]
+        if self._hessian_is_shared:  # hs hold h_{t+1} already
+            max_changes = [
+                _max_change(g, h, o, decay=self.hessian_decay, xla=xla)
+                for g, h, o in zip(gradients, hs, h_olds)
+            ]
+        else:
+            # h's own update, here with its max |Δh| rather than in the kernel: XLA would give
+            # h_{t+1} a loop of its own after the last gradient; these two ops run while the
+            # backward pass computes the other gradients, and share g² − h_t with the max.
+            h_olds = hs if self.hessian_decay == 0 else [None] * len(hs)
+            hs, max_changes = zip(*(
+                _next_hessian(g, h, decay=self.hessian_decay, xla=xla) for g, h in zip(gradients, hs)
+            ))
         if self.rho_norm == "variable":
             inverse_norms = [tf.math.divide_no_nan(1.0, tf.sqrt(s)) for s in squares]
         else:
             inverse_norms = [tf.math.divide_no_nan(1.0, tf.sqrt(tf.add_n(squares)))]
-        h_news, sigmas, noisies = _fused["new_perturbations"](
-            gradients, news, olds, hs, h_olds, inverse_norms, log_epoch, step,
-            indices=tuple(updated), decay=self.hessian_decay,
-            shared=self._hessian_is_shared, threshold=self.grad_threshold, eta=self.eta,
-            gamma=self.gamma, epsilon=self.kappa_epsilon, seed=self.seed,
+        sigmas, noisies = _fused["new_perturbations"](
+            gradients, news, olds, list(hs), h_olds, inverse_norms, log_epoch, step,
+            indices=tuple(updated), decay=self.hessian_decay, threshold=self.grad_threshold,
+            eta=self.eta, gamma=self.gamma, epsilon=self.kappa_epsilon, seed=self.seed,
             kappa_previous=self.kappa_weights == "previous",
             sigma_dtype=self._sigmas[updated[0]].dtype,
         )
         for k, (idx, inverse_norm) in enumerate(zip(updated, _per_variable(inverse_norms, len(updated)))):
-            if h_news[k] is not None:
-                local(self._hessians, idx).assign(h_news[k])
-            local(self._rhos, idx).assign(tf.cast(max_changes[k], tf.float32) * inverse_norm)
-            local(self._sigmas, idx).assign(sigmas[k])
+            rho = local(self._rhos, idx).assign(tf.cast(max_changes[k], tf.float32) * inverse_norm)
+            sigma = local(self._sigmas, idx).assign(sigmas[k])
+            if not self._hessian_is_shared:
+                # After its other readers, so that the slot takes the buffer over (no copy).
+                with tf.control_dependencies([rho, sigma]):
+                    local(self._hessians, idx).assign(hs[k])
             perturbed = local(self._trainable_variables, idx).assign(noisies[k])
             # After the variable lets go of w_t's buffer, the clean slot takes it over (no copy).
             with tf.control_dependencies([perturbed]):
