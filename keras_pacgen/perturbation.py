@@ -682,8 +682,8 @@ class PerturbationMixin:
             ]
         else:
             # h's own update, here with its max |Δh| rather than in the kernel: XLA would give
-            # h_{t+1} a loop of its own after the last gradient; these two ops run while the
-            # backward pass computes the other gradients, and share g² − h_t with the max.
+            # h_{t+1} a loop of its own after the last gradient; these ops run while the backward
+            # pass computes the other gradients, and share g² − h_t with the max.
             h_olds = hs if self.hessian_decay == 0 else [None] * len(hs)
             hs, max_changes = zip(*(
                 _next_hessian(g, h, decay=self.hessian_decay, xla=xla) for g, h in zip(gradients, hs)
