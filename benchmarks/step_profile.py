@@ -13,7 +13,7 @@ takes, from the trace:
   For plain Adam this is the update of the first layer (whose gradient comes last) and the
   function's return; for a perturbed optimizer it also holds the work that needs
   ‖w_t − w_{t−1}‖ over all variables: σ and w + u for every variable;
-* ``XLA kernel``: the time of the XLA fusions (the h, σ and w + u kernel of `perturbation.py`)
+* ``XLA kernel``: the time of the XLA fusions (the σ and w + u kernel of `perturbation.py`)
   inside that interval;
 * ``XLA call``: from the start of the op that runs that kernel (a ``PartitionedCall`` that
   TensorFlow's executor runs asynchronously) to the end of its completion callback. What it
