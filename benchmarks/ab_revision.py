@@ -58,7 +58,9 @@ def _rebased(cls, module):
 
 
 def base_optimizers(module):
-    """step_time.py's perturbed_adam and perturbed_sgd, built on `module`'s mixin."""
+    """step_time.py's perturbed_adam and perturbed_sgd, built on `module`'s mixin. They are not
+    instances of the installed `kp.PerturbationMixin`, so `kp.PerturbationCallback` does not drive
+    their epoch counter: compare them over one epoch, or without callbacks as the timing does."""
     adam, sgd = _rebased(kp.PerturbedAdam, module), _rebased(kp.PerturbedSGD, module)
     return {
         "perturbed_adam_base": lambda: adam(**step_time.ADAM, **step_time.PERTURBATION),

@@ -685,26 +685,26 @@ class PerturbationMixin:
             # h_{t+1} a loop of its own after the last gradient; these ops run while the backward
             # pass computes the other gradients, and share g² − h_t with the max.
             h_olds = hs if self.hessian_decay == 0 else [None] * len(hs)
-            hs, max_changes = zip(*(
+            hs, max_changes = map(list, zip(*(
                 _next_hessian(g, h, decay=self.hessian_decay, xla=xla) for g, h in zip(gradients, hs)
-            ))
+            )))
         if self.rho_norm == "variable":
             inverse_norms = [tf.math.divide_no_nan(1.0, tf.sqrt(s)) for s in squares]
         else:
             inverse_norms = [tf.math.divide_no_nan(1.0, tf.sqrt(tf.add_n(squares)))]
         sigmas, noisies = _fused["new_perturbations"](
-            gradients, news, olds, list(hs), h_olds, inverse_norms, log_epoch, step,
+            gradients, news, olds, hs, h_olds, inverse_norms, log_epoch, step,
             indices=tuple(updated), decay=self.hessian_decay, threshold=self.grad_threshold,
             eta=self.eta, gamma=self.gamma, epsilon=self.kappa_epsilon, seed=self.seed,
             kappa_previous=self.kappa_weights == "previous",
             sigma_dtype=self._sigmas[updated[0]].dtype,
         )
         for k, (idx, inverse_norm) in enumerate(zip(updated, _per_variable(inverse_norms, len(updated)))):
-            rho = local(self._rhos, idx).assign(tf.cast(max_changes[k], tf.float32) * inverse_norm)
-            sigma = local(self._sigmas, idx).assign(sigmas[k])
+            local(self._rhos, idx).assign(tf.cast(max_changes[k], tf.float32) * inverse_norm)
+            local(self._sigmas, idx).assign(sigmas[k])
             if not self._hessian_is_shared:
-                # After its other readers, so that the slot takes the buffer over (no copy).
-                with tf.control_dependencies([rho, sigma]):
+                # After the kernel, its other reader, so that the slot takes the buffer over.
+                with tf.control_dependencies([sigmas[k]]):
                     local(self._hessians, idx).assign(hs[k])
             perturbed = local(self._trainable_variables, idx).assign(noisies[k])
             # After the variable lets go of w_t's buffer, the clean slot takes it over (no copy).

@@ -55,7 +55,7 @@ def test_step_profile_finds_the_perturbation_kernel_after_the_last_gradient(tmp_
     for row in medians.values():
         assert row["steps"] == 2 and 0 < row["after_last_gradient_ms"] < row["step_ms"]
     assert medians["adam"]["xla_kernel_ms"] == medians["adam"]["xla_call_ms"] == 0  # no XLA kernel
-    perturbed = medians["perturbed_adam"]  # h, σ and w + u wait for the last gradient
+    perturbed = medians["perturbed_adam"]  # σ and w + u wait for the last gradient
     assert 0 < perturbed["xla_kernel_ms"] < perturbed["xla_call_ms"] < perturbed["after_last_gradient_ms"]
     assert json.loads((tmp_path / "step_profile.json").read_text())["medians"] == medians
 
