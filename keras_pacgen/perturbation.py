@@ -67,7 +67,8 @@ from keras import ops
 from tensorflow.python.ops import control_flow_util
 
 from keras_pacgen import _validation as check
-from keras_pacgen.noise import uniform_unit
+from keras_pacgen import native as native_kernels
+from keras_pacgen.noise import stream_key, uniform_unit
 
 PERTURBATION_DEFAULTS: dict[str, Any] = {
     "eta": 0.01,
@@ -123,9 +124,15 @@ def _hessian_difference(gradient, h, h_old, *, decay: float):
     = h_{t+1} = β h_t + (1 − β) g², already updated (by the wrapped optimizer when h is its
     second moment, else by `_next_hessian`): d = g² − h_{t+1}, c = (1 − β)/β, no copy of h_t
     needed. For β = 0 that cannot be inverted and ``h_old`` is h_t: d = h − h_old, c = 1."""
+    scale = _hessian_difference_scale(h_old, decay)
     if h_old is not None:
-        return h - h_old, 1.0
-    return tf.square(gradient) - h, (1.0 - decay) / decay
+        return h - h_old, scale
+    return tf.square(gradient) - h, scale
+
+
+def _hessian_difference_scale(h_old, decay: float) -> float:
+    """The constant c of `_hessian_difference`."""
+    return 1.0 if h_old is not None else (1.0 - decay) / decay
 
 
 def _next_hessian(gradient, h, *, decay: float, xla: bool):
@@ -241,6 +248,37 @@ _fused = {
         ("noisy", _noisy),
     )
 }
+
+
+def _native_ops(device: str, weights: list):
+    """The native kernels (see `keras_pacgen.native`) when they apply to these variables: float32
+    on a CPU, outside XLA; else None."""
+    if any(w.dtype != tf.float32 for w in weights):
+        return None
+    device_type = tf.DeviceSpec.from_string(device or "").device_type
+    if device_type not in (None, "CPU") or (device_type is None and tf.config.list_logical_devices("GPU")):
+        return None
+    return native_kernels.ops()
+
+
+def _native_perturbations(native, gradients, news, olds, hs, h_olds, inverse_norms, log_epoch, step,
+                          *, indices, decay, threshold, eta, gamma, epsilon, seed, kappa_previous,
+                          sigma_dtype):
+    """`_new_perturbations` with the native kernel: σ and w + u of each variable in one loop."""
+    inverse_log_epoch = 1.0 / log_epoch
+    kappa_scale = gamma / log_epoch
+    outputs = []
+    for g, w, o, h, h_old, inverse_norm, idx in zip(
+        gradients, news, olds, hs, h_olds, _per_variable(inverse_norms, len(indices)), indices
+    ):
+        sigma, noisy = native.pacgen_perturb(
+            g, h, w, o if kappa_previous else w,
+            tf.stack([inverse_norm, kappa_scale, inverse_log_epoch]), stream_key(seed, step, idx),
+            [] if h_old is None else [h_old], scale=_hessian_difference_scale(h_old, decay),
+            eta=eta, epsilon=epsilon, threshold=threshold,
+        )
+        outputs.append((tf.cast(sigma, sigma_dtype), noisy))
+    return [list(column) for column in zip(*outputs)]
 
 
 def _replica_update(variables_and_fns):
@@ -674,31 +712,30 @@ class PerturbationMixin:
         hs = [tf.identity(local(self._hessians, idx)) for idx in updated]
         # One reduction per variable, so that each runs as soon as its variable is updated.
         xla = _in_xla_context()
-        squares = [_squared_distance(a, b, xla=xla) for a, b in zip(news, olds)]
-        if self._hessian_is_shared:  # hs hold h_{t+1} already
-            max_changes = [
-                _max_change(g, h, o, decay=self.hessian_decay, xla=xla)
-                for g, h, o in zip(gradients, hs, h_olds)
-            ]
+        native = None if xla else _native_ops(device, news)
+        if native is not None:
+            hs, h_olds, max_changes, squares = self._native_statistics(native, gradients, news, olds, hs, h_olds)
         else:
-            # h's own update, here with its max |Δh| rather than in the kernel: XLA would give
-            # h_{t+1} a loop of its own after the last gradient; these ops run while the backward
-            # pass computes the other gradients, and share g² − h_t with the max.
-            h_olds = hs if self.hessian_decay == 0 else [None] * len(hs)
-            hs, max_changes = map(list, zip(*(
-                _next_hessian(g, h, decay=self.hessian_decay, xla=xla) for g, h in zip(gradients, hs)
-            )))
+            hs, h_olds, max_changes, squares = self._statistics(gradients, news, olds, hs, h_olds, xla)
         if self.rho_norm == "variable":
             inverse_norms = [tf.math.divide_no_nan(1.0, tf.sqrt(s)) for s in squares]
         else:
             inverse_norms = [tf.math.divide_no_nan(1.0, tf.sqrt(tf.add_n(squares)))]
-        sigmas, noisies = _fused["new_perturbations"](
-            gradients, news, olds, hs, h_olds, inverse_norms, log_epoch, step,
-            indices=tuple(updated), decay=self.hessian_decay, threshold=self.grad_threshold,
-            eta=self.eta, gamma=self.gamma, epsilon=self.kappa_epsilon, seed=self.seed,
-            kappa_previous=self.kappa_weights == "previous",
+        settings = dict(
+            decay=self.hessian_decay, threshold=self.grad_threshold, eta=self.eta, gamma=self.gamma,
+            epsilon=self.kappa_epsilon, seed=self.seed, kappa_previous=self.kappa_weights == "previous",
             sigma_dtype=self._sigmas[updated[0]].dtype,
         )
+        if native is not None:
+            sigmas, noisies = _native_perturbations(
+                native, gradients, news, olds, hs, h_olds, inverse_norms, log_epoch, step,
+                indices=updated, **settings,
+            )
+        else:
+            sigmas, noisies = _fused["new_perturbations"](
+                gradients, news, olds, hs, h_olds, inverse_norms, log_epoch, step,
+                indices=tuple(updated), **settings,
+            )
         for k, (idx, inverse_norm) in enumerate(zip(updated, _per_variable(inverse_norms, len(updated)))):
             local(self._rhos, idx).assign(tf.cast(max_changes[k], tf.float32) * inverse_norm)
             local(self._sigmas, idx).assign(sigmas[k])
@@ -710,6 +747,44 @@ class PerturbationMixin:
             # After the variable lets go of w_t's buffer, the clean slot takes it over (no copy).
             with tf.control_dependencies([perturbed]):
                 local(self._clean_weights, idx).assign(news[k])
+
+    def _statistics(self, gradients, news, olds, hs, h_olds, xla):
+        """Per variable: (h_{t+1}, h_t or None, max |Δh|, ‖w_t − w_{t−1}‖²) as TensorFlow ops."""
+        squares = [_squared_distance(a, b, xla=xla) for a, b in zip(news, olds)]
+        if self._hessian_is_shared:  # hs hold h_{t+1} already
+            max_changes = [
+                _max_change(g, h, o, decay=self.hessian_decay, xla=xla)
+                for g, h, o in zip(gradients, hs, h_olds)
+            ]
+            return hs, h_olds, max_changes, squares
+        # h's own update, here with its max |Δh| rather than in the kernel: XLA would give
+        # h_{t+1} a loop of its own after the last gradient; these ops run while the backward
+        # pass computes the other gradients, and share g² − h_t with the max.
+        h_olds = hs if self.hessian_decay == 0 else [None] * len(hs)
+        hs, max_changes = map(list, zip(*(
+            _next_hessian(g, h, decay=self.hessian_decay, xla=xla) for g, h in zip(gradients, hs)
+        )))
+        return hs, h_olds, max_changes, squares
+
+    def _native_statistics(self, native, gradients, news, olds, hs, h_olds):
+        """`_statistics` with the native kernels: one pass over each variable."""
+        if self._hessian_is_shared:
+            outputs = [
+                native.pacgen_statistics(g, h, a, b, [] if o is None else [o])
+                for g, h, a, b, o in zip(gradients, hs, news, olds, h_olds)
+            ]
+            max_changes = [
+                m * _hessian_difference_scale(o, self.hessian_decay)
+                for (m, _), o in zip(outputs, h_olds)
+            ]
+            return hs, h_olds, max_changes, [s for _, s in outputs]
+        h_olds = hs if self.hessian_decay == 0 else [None] * len(hs)
+        outputs = [
+            native.pacgen_next_hessian(g, h, a, b, rate=1.0 - self.hessian_decay)
+            for g, h, a, b in zip(gradients, hs, news, olds)
+        ]
+        return ([h for h, _, _ in outputs], h_olds, [m for _, m, _ in outputs],
+                [s for _, _, s in outputs])
 
     def _step_inputs(self, idx, device):
         try:

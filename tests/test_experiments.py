@@ -47,16 +47,25 @@ def test_accuracy_benchmark_runs(tmp_path):
     assert os.path.exists(tmp_path / "accuracy.csv")
 
 
-def test_step_profile_finds_the_perturbation_kernel_after_the_last_gradient(tmp_path):
+@pytest.mark.parametrize("kernels", ["native", "xla"])
+def test_step_profile_finds_the_perturbation_kernel_after_the_last_gradient(tmp_path, monkeypatch, kernels):
     from benchmarks import step_profile
+    from keras_pacgen import native
 
+    if kernels == "xla":
+        monkeypatch.setenv("KERAS_PACGEN_NATIVE", "0")
+    elif native.ops() is None:
+        pytest.skip("native kernels unavailable")
     medians = step_profile.main(["--optimizers", "adam,perturbed_adam", "--steps", "4", "--batch", "16",
                                  "--out", str(tmp_path)])
     for row in medians.values():
         assert row["steps"] == 2 and 0 < row["after_last_gradient_ms"] < row["step_ms"]
-    assert medians["adam"]["xla_kernel_ms"] == medians["adam"]["xla_call_ms"] == 0  # no XLA kernel
+    assert medians["adam"]["kernel_ms"] == medians["adam"]["xla_call_ms"] == 0  # no kernel
     perturbed = medians["perturbed_adam"]  # σ and w + u wait for the last gradient
-    assert 0 < perturbed["xla_kernel_ms"] < perturbed["xla_call_ms"] < perturbed["after_last_gradient_ms"]
+    if kernels == "native":  # a plain op: no XLA call
+        assert perturbed["xla_call_ms"] == 0 and 0 < perturbed["kernel_ms"]
+    else:
+        assert 0 < perturbed["kernel_ms"] < perturbed["xla_call_ms"] < perturbed["after_last_gradient_ms"]
     assert json.loads((tmp_path / "step_profile.json").read_text())["medians"] == medians
 
 

@@ -1,0 +1,382 @@
+// Native CPU kernels of one PertOPT step (Algorithm 1 of Wang et al., AISTATS 2020).
+//
+// The same arithmetic as the TensorFlow/XLA ops of keras_pacgen/perturbation.py, one pass over
+// each variable instead of several (see keras_pacgen/native/__init__.py for why). Built and
+// loaded by that module; float32 variables on the CPU only.
+//
+//   PacgenStatistics:  max_i |d[i]| and ||w_new - w_old||^2, d = g^2 - h (h = h_{t+1}) or
+//                      d = h - h_old when h_old is given (beta1 = 0).
+//   PacgenNextHessian: h_{t+1} = h_t + (g^2 - h_t)(1 - beta1) (Algorithm 1 line 14), with
+//                      max_i |g^2 - h_t| (1 - beta1) and ||w_new - w_old||^2.
+//   PacgenPerturb:     sigma (bfloat16) and w_new + u, u = sigma * r (Algorithm 1 lines 7-11).
+//
+// Floating-point contraction is off (-ffp-contract=off) so every product and sum rounds as the
+// separate TensorFlow ops do. Partial reductions are combined in a fixed order: the result does
+// not depend on the number of threads, so replicas stay identical.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "tensorflow/core/framework/op.h"
+#include "tensorflow/core/framework/op_kernel.h"
+#include "tensorflow/core/framework/shape_inference.h"
+#include "tensorflow/core/util/work_sharder.h"
+
+namespace keras_pacgen {
+namespace {
+
+using ::tensorflow::OpKernel;
+using ::tensorflow::OpKernelConstruction;
+using ::tensorflow::OpKernelContext;
+using ::tensorflow::Tensor;
+using ::tensorflow::TensorShape;
+using ::tensorflow::shape_inference::InferenceContext;
+
+constexpr int kLanes = 16;          // independent accumulators: the loops vectorise
+constexpr int64_t kBlock = 16384;   // elements per partial result of a reduction
+constexpr float kFloatMax = 3.4028234663852886e38f;
+
+// lowbias32 (C. Wellons), as keras_pacgen.noise.mix32.
+inline uint32_t Mix32(uint32_t x) {
+  x ^= x >> 16;
+  x *= 0x7FEB352Du;
+  x ^= x >> 15;
+  x *= 0x846CA68Bu;
+  x ^= x >> 16;
+  return x;
+}
+
+// float32 -> bfloat16, round to nearest even (as a TensorFlow/XLA cast); NaN stays NaN.
+inline uint16_t ToBfloat16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof(u));
+  const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+  return static_cast<uint16_t>((u & 0x7FFFFFFFu) > 0x7F800000u ? 0x7FC0u : rounded);
+}
+
+inline float FromBfloat16(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof(f));
+  return f;
+}
+
+// One block of a reduction: max |d| and the sum of (w_new - w_old)^2.
+// kind 0: d = g^2 - h; kind 1: d = h - h_old.
+template <int kind>
+void ReduceBlock(const float* __restrict__ g, const float* __restrict__ h,
+                 const float* __restrict__ h_old, const float* __restrict__ w_new,
+                 const float* __restrict__ w_old, int64_t begin, int64_t end, float* max_out,
+                 double* sum_out) {
+  float lane_max[kLanes] = {0.0f};
+  float lane_sum[kLanes] = {0.0f};
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const float d = kind == 0 ? g[i + j] * g[i + j] - h[i + j] : h[i + j] - h_old[i + j];
+      const float a = std::fabs(d);
+      lane_max[j] = a > lane_max[j] || a != a ? a : lane_max[j];  // NaN wins, as tf.reduce_max
+      const float e = w_new[i + j] - w_old[i + j];
+      lane_sum[j] += e * e;
+    }
+  }
+  float m = 0.0f;
+  double s = 0.0;
+  for (; i < end; ++i) {
+    const float d = kind == 0 ? g[i] * g[i] - h[i] : h[i] - h_old[i];
+    const float a = std::fabs(d);
+    m = a > m || a != a ? a : m;
+    const float e = w_new[i] - w_old[i];
+    s += static_cast<double>(e) * e;
+  }
+  for (int j = 0; j < kLanes; ++j) {
+    m = lane_max[j] > m || lane_max[j] != lane_max[j] ? lane_max[j] : m;
+    s += lane_sum[j];
+  }
+  *max_out = m;
+  *sum_out = s;
+}
+
+// h_{t+1} = h + (g^2 - h) * c, c = 1 - beta1, and the block's max |g^2 - h| and sum of
+// (w_new - w_old)^2. Each operation rounds as TensorFlow's Square, Sub, Mul and AddV2 do.
+void NextHessianBlock(const float* __restrict__ g, const float* __restrict__ h, float c,
+                      const float* __restrict__ w_new, const float* __restrict__ w_old,
+                      float* __restrict__ h_next, int64_t begin, int64_t end, float* max_out,
+                      double* sum_out) {
+  float lane_max[kLanes] = {0.0f};
+  float lane_sum[kLanes] = {0.0f};
+  int64_t i = begin;
+  for (; i + kLanes <= end; i += kLanes) {
+    for (int j = 0; j < kLanes; ++j) {
+      const float d = g[i + j] * g[i + j] - h[i + j];
+      h_next[i + j] = h[i + j] + d * c;
+      const float a = std::fabs(d);
+      lane_max[j] = a > lane_max[j] || a != a ? a : lane_max[j];
+      const float e = w_new[i + j] - w_old[i + j];
+      lane_sum[j] += e * e;
+    }
+  }
+  float m = 0.0f;
+  double s = 0.0;
+  for (; i < end; ++i) {
+    const float d = g[i] * g[i] - h[i];
+    h_next[i] = h[i] + d * c;
+    const float a = std::fabs(d);
+    m = a > m || a != a ? a : m;
+    const float e = w_new[i] - w_old[i];
+    s += static_cast<double>(e) * e;
+  }
+  for (int j = 0; j < kLanes; ++j) {
+    m = lane_max[j] > m || lane_max[j] != lane_max[j] ? lane_max[j] : m;
+    s += lane_sum[j];
+  }
+  *max_out = m;
+  *sum_out = s;
+}
+
+// Runs `block(begin, end, &max, &sum)` over fixed blocks on the op's CPU threads and combines
+// the partial results in block order.
+template <typename Block>
+void BlockReduce(OpKernelContext* ctx, int64_t n, const Block& block, float* max_out,
+                 float* sum_out) {
+  const int64_t blocks = (n + kBlock - 1) / kBlock;
+  std::vector<float> maxes(blocks, 0.0f);
+  std::vector<double> sums(blocks, 0.0);
+  const auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
+  ::tensorflow::Shard(threads->num_threads, threads->workers, blocks, kBlock * 4,
+                      [&](int64_t first, int64_t last) {
+                        for (int64_t b = first; b < last; ++b) {
+                          block(b * kBlock, std::min(n, (b + 1) * kBlock), &maxes[b], &sums[b]);
+                        }
+                      });
+  float m = 0.0f;
+  double s = 0.0;
+  for (int64_t b = 0; b < blocks; ++b) {
+    m = maxes[b] > m || maxes[b] != maxes[b] ? maxes[b] : m;
+    s += sums[b];
+  }
+  *max_out = m;
+  *sum_out = static_cast<float>(s);
+}
+
+// Whether inputs [first, last) have the same number of elements; sets an error if not.
+bool SameSize(OpKernelContext* ctx, int first, int last) {
+  for (int k = first + 1; k < last; ++k) {
+    if (ctx->input(k).NumElements() != ctx->input(first).NumElements()) {
+      ctx->CtxFailure(::tensorflow::errors::InvalidArgument(
+          "keras_pacgen native kernel ", ctx->op_kernel().type_string(), ": input ", k,
+          " has ", ctx->input(k).NumElements(), " elements, input ", first, " has ",
+          ctx->input(first).NumElements()));
+      return false;
+    }
+  }
+  return true;
+}
+
+class StatisticsOp : public OpKernel {
+ public:
+  explicit StatisticsOp(OpKernelConstruction* ctx) : OpKernel(ctx) {}
+
+  void Compute(OpKernelContext* ctx) override {
+    // inputs: gradient, hessian, w_new, w_old, hessian_old (0 or 1 tensors)
+    const int count = ctx->num_inputs();
+    if (!SameSize(ctx, 0, count)) return;
+    const float* g = ctx->input(0).flat<float>().data();
+    const float* h = ctx->input(1).flat<float>().data();
+    const float* w_new = ctx->input(2).flat<float>().data();
+    const float* w_old = ctx->input(3).flat<float>().data();
+    const float* h_old = count > 4 ? ctx->input(4).flat<float>().data() : nullptr;
+    float m = 0.0f, s = 0.0f;
+    const int64_t n = ctx->input(0).NumElements();
+    if (h_old == nullptr) {
+      BlockReduce(ctx, n, [&](int64_t b, int64_t e, float* mo, double* so) {
+        ReduceBlock<0>(g, h, h_old, w_new, w_old, b, e, mo, so);
+      }, &m, &s);
+    } else {
+      BlockReduce(ctx, n, [&](int64_t b, int64_t e, float* mo, double* so) {
+        ReduceBlock<1>(g, h, h_old, w_new, w_old, b, e, mo, so);
+      }, &m, &s);
+    }
+    Tensor* max_out = nullptr;
+    Tensor* sum_out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &max_out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &sum_out));
+    max_out->scalar<float>()() = m;
+    sum_out->scalar<float>()() = s;
+  }
+};
+
+class NextHessianOp : public OpKernel {
+ public:
+  explicit NextHessianOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("rate", &rate_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    if (!SameSize(ctx, 0, 4)) return;
+    const Tensor& h = ctx->input(1);
+    const float* g = ctx->input(0).flat<float>().data();
+    const float* w_new = ctx->input(2).flat<float>().data();
+    const float* w_old = ctx->input(3).flat<float>().data();
+    Tensor* h_next = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, h.shape(), &h_next));
+    const float* hp = h.flat<float>().data();
+    float* out = h_next->flat<float>().data();
+    const float c = rate_;
+    float m = 0.0f, s = 0.0f;
+    BlockReduce(ctx, h.NumElements(), [&](int64_t b, int64_t e, float* mo, double* so) {
+      NextHessianBlock(g, hp, c, w_new, w_old, out, b, e, mo, so);
+    }, &m, &s);
+    Tensor* max_out = nullptr;
+    Tensor* sum_out = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &max_out));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({}), &sum_out));
+    max_out->scalar<float>()() = m * c;
+    sum_out->scalar<float>()() = s;
+  }
+
+ private:
+  float rate_;
+};
+
+// sigma and w + u for elements [begin, end). kind 0: d = g^2 - h, kind 1: d = h - h_old.
+template <int kind>
+void PerturbRange(const float* __restrict__ g, const float* __restrict__ h,
+                  const float* __restrict__ h_old, const float* __restrict__ w_new,
+                  const float* __restrict__ w_kappa, uint16_t* __restrict__ sigma_out,
+                  float* __restrict__ noisy_out, int64_t begin, int64_t end, float scale,
+                  float inverse_norm, float kappa_scale, float epsilon, float eta,
+                  float inverse_log_epoch, float threshold, uint32_t key) {
+  for (int64_t i = begin; i < end; ++i) {
+    const float gi = g[i];
+    const float d = kind == 0 ? gi * gi - h[i] : h[i] - h_old[i];
+    const float rho = std::fabs(d) * scale * inverse_norm;
+    const float kappa_raw = kappa_scale * std::fabs(w_kappa[i]) + epsilon;
+    const float kappa = kappa_raw < kFloatMax ? kappa_raw : kFloatMax;
+    const float bound = std::sqrt(1.0f / (eta * (h[i] + rho * kappa))) * inverse_log_epoch;
+    const float mask = std::fabs(gi) < threshold ? 1.0f : 0.0f;
+    const float sigma = (bound < kappa || bound != bound ? bound : kappa) * mask;
+    const uint16_t sigma_bits = ToBfloat16(sigma);
+    sigma_out[i] = sigma_bits;
+    const uint32_t bits = Mix32(static_cast<uint32_t>(i) + key);
+    const float r = static_cast<float>(bits >> 16) * (1.0f / 32768.0f) - 1.0f;
+    noisy_out[i] = w_new[i] + FromBfloat16(sigma_bits) * r;
+  }
+}
+
+class PerturbOp : public OpKernel {
+ public:
+  explicit PerturbOp(OpKernelConstruction* ctx) : OpKernel(ctx) {
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("scale", &scale_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("eta", &eta_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("epsilon", &epsilon_));
+    OP_REQUIRES_OK(ctx, ctx->GetAttr("threshold", &threshold_));
+  }
+
+  void Compute(OpKernelContext* ctx) override {
+    // inputs: gradient, hessian, w_new, w_kappa, scalars, key, hessian_old (0 or 1 tensors)
+    const int count = ctx->num_inputs();
+    if (!SameSize(ctx, 0, 4)) return;
+    if (count > 6 && !SameSize(ctx, 6, 7)) return;
+    OP_REQUIRES(ctx, count <= 6 || ctx->input(6).NumElements() == ctx->input(0).NumElements(),
+                ::tensorflow::errors::InvalidArgument("PacgenPerturb: h_old differs in size"));
+    const auto scalars = ctx->input(4).flat<float>();
+    OP_REQUIRES(ctx, scalars.size() == 3,
+                ::tensorflow::errors::InvalidArgument("PacgenPerturb: 3 scalars expected"));
+    const float inverse_norm = scalars(0), kappa_scale = scalars(1), inverse_log = scalars(2);
+    const uint32_t key = ctx->input(5).scalar<uint32_t>()();
+    const Tensor& w_new = ctx->input(2);
+    Tensor* sigma = nullptr;
+    Tensor* noisy = nullptr;
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, w_new.shape(), &sigma));
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, w_new.shape(), &noisy));
+    const float* g = ctx->input(0).flat<float>().data();
+    const float* h = ctx->input(1).flat<float>().data();
+    const float* wn = w_new.flat<float>().data();
+    const float* wk = ctx->input(3).flat<float>().data();
+    const float* h_old = count > 6 ? ctx->input(6).flat<float>().data() : nullptr;
+    uint16_t* s = reinterpret_cast<uint16_t*>(sigma->flat<::tensorflow::bfloat16>().data());
+    float* o = noisy->flat<float>().data();
+    const float scale = scale_, eta = eta_, eps = epsilon_, thr = threshold_;
+    const auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
+    ::tensorflow::Shard(threads->num_threads, threads->workers, w_new.NumElements(), 40,
+                        [=](int64_t begin, int64_t end) {
+                          if (h_old == nullptr) {
+                            PerturbRange<0>(g, h, h_old, wn, wk, s, o, begin, end, scale,
+                                            inverse_norm, kappa_scale, eps, eta, inverse_log,
+                                            thr, key);
+                          } else {
+                            PerturbRange<1>(g, h, h_old, wn, wk, s, o, begin, end, scale,
+                                            inverse_norm, kappa_scale, eps, eta, inverse_log,
+                                            thr, key);
+                          }
+                        });
+  }
+
+ private:
+  float scale_, eta_, epsilon_, threshold_;
+};
+
+::tensorflow::Status ScalarOutputs(InferenceContext* c) {
+  for (int k = 0; k < c->num_outputs(); ++k) c->set_output(k, c->Scalar());
+  return ::tensorflow::Status();
+}
+
+}  // namespace
+
+REGISTER_OP("PacgenStatistics")
+    .Input("gradient: float")
+    .Input("hessian: float")
+    .Input("w_new: float")
+    .Input("w_old: float")
+    .Input("hessian_old: N * float")
+    .Attr("N: int >= 0 = 0")
+    .Output("max_abs_difference: float")
+    .Output("squared_distance: float")
+    .SetShapeFn(ScalarOutputs);
+
+REGISTER_OP("PacgenNextHessian")
+    .Input("gradient: float")
+    .Input("hessian: float")
+    .Input("w_new: float")
+    .Input("w_old: float")
+    .Attr("rate: float")
+    .Output("next_hessian: float")
+    .Output("max_abs_change: float")
+    .Output("squared_distance: float")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(1));
+      c->set_output(1, c->Scalar());
+      c->set_output(2, c->Scalar());
+      return ::tensorflow::Status();
+    });
+
+REGISTER_OP("PacgenPerturb")
+    .Input("gradient: float")
+    .Input("hessian: float")
+    .Input("w_new: float")
+    .Input("w_kappa: float")
+    .Input("scalars: float")
+    .Input("key: uint32")
+    .Input("hessian_old: N * float")
+    .Attr("N: int >= 0 = 0")
+    .Attr("scale: float")
+    .Attr("eta: float")
+    .Attr("epsilon: float")
+    .Attr("threshold: float")
+    .Output("sigma: bfloat16")
+    .Output("noisy: float")
+    .SetShapeFn([](InferenceContext* c) {
+      c->set_output(0, c->input(2));
+      c->set_output(1, c->input(2));
+      return ::tensorflow::Status();
+    });
+
+REGISTER_KERNEL_BUILDER(Name("PacgenStatistics").Device(::tensorflow::DEVICE_CPU), StatisticsOp);
+REGISTER_KERNEL_BUILDER(Name("PacgenNextHessian").Device(::tensorflow::DEVICE_CPU), NextHessianOp);
+REGISTER_KERNEL_BUILDER(Name("PacgenPerturb").Device(::tensorflow::DEVICE_CPU), PerturbOp);
+
+}  // namespace keras_pacgen
