@@ -232,7 +232,9 @@ def _new_perturbations(gradients, news, olds, hs, h_olds, inverse_norms, log_epo
 
 # The elementwise work of a step that needs ‖w_t − w_{t−1}‖ (σ and w + u) runs as one XLA kernel
 # per device even when the train step is not compiled: without fusion each elementwise op would be
-# one more pass over the weights. It takes the lists of all variables of a device and returns new
+# one more pass over the weights. (On a CPU outside XLA, float32 variables use the native kernels
+# of keras_pacgen.native instead: the same formulas, one loop for both outputs and no XLA call;
+# see `_native_perturbations`. This kernel is the one for XLA-compiled steps, GPUs and the rest.) It takes the lists of all variables of a device and returns new
 # tensors rather than assign variables it also reads (which makes XLA copy them first). The two
 # reductions stay TensorFlow ops, one per variable: they run while the backward pass still
 # computes the other gradients, which a kernel over all variables would wait for. So does h's
@@ -404,6 +406,9 @@ class PerturbationMixin:
         self._reapply_fn = None
         self._step_gradients = {}  # (variable index, device) -> (gradient, copy of old h or None)
         self._out_of_place = frozenset()  # ids of variables that assign_add/assign_sub rewrite
+        # variable index -> "its gradient is finite" from the native kernels, during a
+        # speculative step (None: not wanted)
+        self._native_checks = None
 
     # ------------------------------------------------------------------ state
     def build(self, var_list):
@@ -531,13 +536,19 @@ class PerturbationMixin:
                 lambda: self._skip_step(variables),
             )
 
-    def _all_finite(self, grads):
+    def _all_finite(self, grads, variables=None):
         """Whether every gradient is finite. Plain TensorFlow ops, one check per gradient: each
         runs as soon as its gradient exists (during the backward pass) and TensorFlow's reductions
-        use every core; only the final `all` waits for the last gradient."""
+        use every core; only the final `all` waits for the last gradient. A gradient that the
+        native kernels already read in this step (`_native_checks`) takes their check instead."""
+        variables = variables if variables is not None else [None] * len(grads)
+        known = self._native_checks or {}
+        checks = [known.get(self._get_variable_index(var)) if var is not None else None
+                  for var in variables]
         checks = [
+            check if check is not None and not isinstance(g, tf.IndexedSlices) else
             tf.reduce_all(tf.math.is_finite(g.values if isinstance(g, tf.IndexedSlices) else g))
-            for g in grads
+            for g, check in zip(grads, checks)
             if g is not None
         ]
         return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
@@ -562,13 +573,22 @@ class PerturbationMixin:
         counters = (id(self._nonfinite_steps), id(self._epoch))
         state = [var for var in self.variables if id(var) not in counters] + kept
         saved = [tf.identity(_tf_var(var)) for var in state]
-        finite = self._all_finite(grads)
         self._out_of_place = frozenset(id(_tf_var(var)) for var in state)
+        self._native_checks = {} if self._update_step_sees_the_gradients() else None
         try:  # _perturb's own writes are plain assigns: only the wrapped update is affected
             self._perturbed_apply(grads, variables)
+            finite = self._all_finite(grads, variables)
         finally:
             self._out_of_place = frozenset()
+            self._native_checks = None
         ops.cond(finite, lambda: None, lambda: self._undo_step(state, saved, variables))
+
+    def _update_step_sees_the_gradients(self) -> bool:
+        """Whether `update_step` receives the gradients `apply` was given, up to dtype: then a
+        gradient it gets is finite exactly when the one given is (no clipping, no loss scale)."""
+        return getattr(self, "loss_scale_factor", None) is None and all(
+            getattr(self, a, None) is None for a in ("clipnorm", "clipvalue", "global_clipnorm")
+        )
 
     def assign_add(self, variable, value):
         """As the wrapped optimizer's; see `_out_of_place_update`."""
@@ -714,7 +734,12 @@ class PerturbationMixin:
         xla = _in_xla_context()
         native = None if xla else _native_ops(device, news)
         if native is not None:
-            hs, h_olds, max_changes, squares = self._native_statistics(native, gradients, news, olds, hs, h_olds)
+            hs, h_olds, max_changes, squares, finite = self._native_statistics(
+                native, gradients, news, olds, hs, h_olds
+            )
+            if self._native_checks is not None:
+                for idx, check in zip(updated, finite):
+                    self._native_checks[idx] = check
         else:
             hs, h_olds, max_changes, squares = self._statistics(gradients, news, olds, hs, h_olds, xla)
         if self.rho_norm == "variable":
@@ -767,7 +792,8 @@ class PerturbationMixin:
         return hs, h_olds, max_changes, squares
 
     def _native_statistics(self, native, gradients, news, olds, hs, h_olds):
-        """`_statistics` with the native kernels: one pass over each variable."""
+        """`_statistics` with the native kernels: one pass over each variable, which also tells
+        whether its gradient is finite (the last list)."""
         if self._hessian_is_shared:
             outputs = [
                 native.pacgen_statistics(g, h, a, b, [] if o is None else [o])
@@ -775,16 +801,16 @@ class PerturbationMixin:
             ]
             max_changes = [
                 m * _hessian_difference_scale(o, self.hessian_decay)
-                for (m, _), o in zip(outputs, h_olds)
+                for (m, _, _), o in zip(outputs, h_olds)
             ]
-            return hs, h_olds, max_changes, [s for _, s in outputs]
+            return hs, h_olds, max_changes, [s for _, s, _ in outputs], [f for _, _, f in outputs]
         h_olds = hs if self.hessian_decay == 0 else [None] * len(hs)
         outputs = [
             native.pacgen_next_hessian(g, h, a, b, rate=1.0 - self.hessian_decay)
             for g, h, a, b in zip(gradients, hs, news, olds)
         ]
-        return ([h for h, _, _ in outputs], h_olds, [m for _, m, _ in outputs],
-                [s for _, _, s in outputs])
+        hs, max_changes, squares, finite = map(list, zip(*outputs))
+        return hs, h_olds, max_changes, squares, finite
 
     def _step_inputs(self, idx, device):
         try:

@@ -37,7 +37,8 @@ def _inputs(shape, seed):
 def test_statistics_match_the_tensorflow_reductions(shape, with_old):
     g, h, h_old, w_new, w_old = _inputs(shape, 0)
     old = h_old if with_old else None
-    maximum, square = OPS.pacgen_statistics(g, h, w_new, w_old, [] if old is None else [old])
+    maximum, square, finite = OPS.pacgen_statistics(g, h, w_new, w_old, [] if old is None else [old])
+    assert bool(finite)
     scale = P._hessian_difference_scale(old, 0.9)
     expected_max = P._max_change(g, h, old, decay=0.9, xla=False)
     np.testing.assert_array_equal(maximum.numpy() * scale, expected_max.numpy())  # max is exact
@@ -47,11 +48,24 @@ def test_statistics_match_the_tensorflow_reductions(shape, with_old):
                                rtol=1e-6)
 
 
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+@pytest.mark.parametrize("position", [0, 16, 3 * 16384 + 36])  # first lane, a later lane, the tail
+def test_reductions_report_a_nonfinite_gradient_wherever_it_is(bad, position):
+    """What lets a speculative step skip IsFinite for the gradients these kernels read anyway."""
+    g, h, h_old, w_new, w_old = _inputs((3, 16384 + 37), 4)
+    g = tf.tensor_scatter_nd_update(tf.reshape(g, [-1]), [[position]], [bad])
+    g = tf.reshape(g, w_new.shape)
+    for old in ([], [h_old]):
+        assert not bool(OPS.pacgen_statistics(g, h, w_new, w_old, old)[2])
+    assert not bool(OPS.pacgen_next_hessian(g, h, w_new, w_old, rate=0.1)[3])
+
+
 @pytest.mark.parametrize("shape", SIZES)
 @pytest.mark.parametrize("decay", [0.999, 0.0])
 def test_next_hessian_is_bit_identical_to_the_tensorflow_update(shape, decay):
     g, h, _, w_new, w_old = _inputs(shape, 1)
-    h_next, maximum, square = OPS.pacgen_next_hessian(g, h, w_new, w_old, rate=1.0 - decay)
+    h_next, maximum, square, finite = OPS.pacgen_next_hessian(g, h, w_new, w_old, rate=1.0 - decay)
+    assert bool(finite)
     expected_h, expected_max = P._next_hessian(g, h, decay=decay, xla=False)
     np.testing.assert_array_equal(h_next.numpy(), expected_h.numpy())
     np.testing.assert_array_equal(maximum.numpy(), expected_max.numpy())

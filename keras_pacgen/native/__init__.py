@@ -58,8 +58,9 @@ def ops():
                 warnings.warn(
                     "keras_pacgen: the native CPU kernels of the perturbed optimizers could not be "
                     f"built or loaded ({type(error).__name__}: {str(error)[-500:]}); using the XLA "
-                    "kernels, which give the same results more slowly on a CPU. Set "
-                    "KERAS_PACGEN_NATIVE=0 to silence this.",
+                    "kernels, which compute the same formulas more slowly on a CPU. Install a C++ "
+                    "compiler (or set CXX), point KERAS_PACGEN_CACHE at a writable directory, or "
+                    "set KERAS_PACGEN_NATIVE=0 to silence this.",
                     stacklevel=2,
                 )
         return _loaded["module"]
@@ -98,7 +99,8 @@ def build(directory: Path | None = None) -> Path:
     key = hashlib.sha256(
         b"\0".join(s.encode() for s in (
             SOURCE.read_text(), tf.__version__, tf.sysconfig.get_build_info().get("cpu_compiler", ""),
-            " ".join(_command(compiler, SOURCE, Path("out"), True)), _cpu_flags(), platform.platform(),
+            " ".join(_command(compiler, Path(SOURCE.name), Path("out"), True)), _cpu_flags(),
+            platform.platform(),
         ))
     ).hexdigest()[:20]
     library = directory / f"perturbation_ops-{key}.so"

@@ -5,9 +5,10 @@
 // loaded by that module; float32 variables on the CPU only.
 //
 //   PacgenStatistics:  max_i |d[i]| and ||w_new - w_old||^2, d = g^2 - h (h = h_{t+1}) or
-//                      d = h - h_old when h_old is given (beta1 = 0).
+//                      d = h - h_old when h_old is given (beta1 = 0), and whether g is finite.
 //   PacgenNextHessian: h_{t+1} = h_t + (g^2 - h_t)(1 - beta1) (Algorithm 1 line 14), with
-//                      max_i |g^2 - h_t| (1 - beta1) and ||w_new - w_old||^2.
+//                      max_i |g^2 - h_t| (1 - beta1), ||w_new - w_old||^2 and whether g is
+//                      finite.
 //   PacgenPerturb:     sigma (bfloat16) and w_new + u, u = sigma * r (Algorithm 1 lines 7-11).
 //
 // Floating-point contraction is off (-ffp-contract=off) so every product and sum rounds as the
@@ -64,15 +65,23 @@ inline float FromBfloat16(uint16_t b) {
   return f;
 }
 
-// One block of a reduction: max |d| and the sum of (w_new - w_old)^2.
+// Partial result of a reduction over a block of elements.
+struct Partial {
+  float max = 0.0f;     // max |d|; NaN once any |d| is NaN (as tf.reduce_max)
+  double sum = 0.0;     // sum of (w_new - w_old)^2
+  bool finite = true;   // every g finite
+  void Max(float a) { max = a > max || a != a ? a : max; }  // a NaN max stays
+};
+
+// One block of a reduction: max |d|, the sum of (w_new - w_old)^2, whether g is finite.
 // kind 0: d = g^2 - h; kind 1: d = h - h_old.
 template <int kind>
 void ReduceBlock(const float* __restrict__ g, const float* __restrict__ h,
                  const float* __restrict__ h_old, const float* __restrict__ w_new,
-                 const float* __restrict__ w_old, int64_t begin, int64_t end, float* max_out,
-                 double* sum_out) {
+                 const float* __restrict__ w_old, int64_t begin, int64_t end, Partial* out) {
   float lane_max[kLanes] = {0.0f};
   float lane_sum[kLanes] = {0.0f};
+  float lane_bad[kLanes] = {0.0f};
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
     for (int j = 0; j < kLanes; ++j) {
@@ -81,33 +90,33 @@ void ReduceBlock(const float* __restrict__ g, const float* __restrict__ h,
       lane_max[j] = a > lane_max[j] || a != a ? a : lane_max[j];  // NaN wins, as tf.reduce_max
       const float e = w_new[i + j] - w_old[i + j];
       lane_sum[j] += e * e;
+      lane_bad[j] += g[i + j] - g[i + j];  // 0, or NaN from then on once g is Inf or NaN
     }
   }
-  float m = 0.0f;
-  double s = 0.0;
+  Partial p;
   for (; i < end; ++i) {
     const float d = kind == 0 ? g[i] * g[i] - h[i] : h[i] - h_old[i];
-    const float a = std::fabs(d);
-    m = a > m || a != a ? a : m;
+    p.Max(std::fabs(d));
     const float e = w_new[i] - w_old[i];
-    s += static_cast<double>(e) * e;
+    p.sum += static_cast<double>(e) * e;
+    p.finite = p.finite && g[i] - g[i] == 0.0f;
   }
   for (int j = 0; j < kLanes; ++j) {
-    m = lane_max[j] > m || lane_max[j] != lane_max[j] ? lane_max[j] : m;
-    s += lane_sum[j];
+    p.Max(lane_max[j]);
+    p.sum += lane_sum[j];
+    p.finite = p.finite && lane_bad[j] == 0.0f;
   }
-  *max_out = m;
-  *sum_out = s;
+  *out = p;
 }
 
 // h_{t+1} = h + (g^2 - h) * c, c = 1 - beta1, and the block's max |g^2 - h| and sum of
 // (w_new - w_old)^2. Each operation rounds as TensorFlow's Square, Sub, Mul and AddV2 do.
 void NextHessianBlock(const float* __restrict__ g, const float* __restrict__ h, float c,
                       const float* __restrict__ w_new, const float* __restrict__ w_old,
-                      float* __restrict__ h_next, int64_t begin, int64_t end, float* max_out,
-                      double* sum_out) {
+                      float* __restrict__ h_next, int64_t begin, int64_t end, Partial* out) {
   float lane_max[kLanes] = {0.0f};
   float lane_sum[kLanes] = {0.0f};
+  float lane_bad[kLanes] = {0.0f};
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
     for (int j = 0; j < kLanes; ++j) {
@@ -117,49 +126,57 @@ void NextHessianBlock(const float* __restrict__ g, const float* __restrict__ h, 
       lane_max[j] = a > lane_max[j] || a != a ? a : lane_max[j];
       const float e = w_new[i + j] - w_old[i + j];
       lane_sum[j] += e * e;
+      lane_bad[j] += g[i + j] - g[i + j];
     }
   }
-  float m = 0.0f;
-  double s = 0.0;
+  Partial p;
   for (; i < end; ++i) {
     const float d = g[i] * g[i] - h[i];
     h_next[i] = h[i] + d * c;
-    const float a = std::fabs(d);
-    m = a > m || a != a ? a : m;
+    p.Max(std::fabs(d));
     const float e = w_new[i] - w_old[i];
-    s += static_cast<double>(e) * e;
+    p.sum += static_cast<double>(e) * e;
+    p.finite = p.finite && g[i] - g[i] == 0.0f;
   }
   for (int j = 0; j < kLanes; ++j) {
-    m = lane_max[j] > m || lane_max[j] != lane_max[j] ? lane_max[j] : m;
-    s += lane_sum[j];
+    p.Max(lane_max[j]);
+    p.sum += lane_sum[j];
+    p.finite = p.finite && lane_bad[j] == 0.0f;
   }
-  *max_out = m;
-  *sum_out = s;
+  *out = p;
 }
 
-// Runs `block(begin, end, &max, &sum)` over fixed blocks on the op's CPU threads and combines
-// the partial results in block order.
+// Runs `block(begin, end, &partial)` over fixed blocks on the op's CPU threads and combines the
+// partial results in block order.
 template <typename Block>
-void BlockReduce(OpKernelContext* ctx, int64_t n, const Block& block, float* max_out,
-                 float* sum_out) {
+Partial BlockReduce(OpKernelContext* ctx, int64_t n, const Block& block) {
   const int64_t blocks = (n + kBlock - 1) / kBlock;
-  std::vector<float> maxes(blocks, 0.0f);
-  std::vector<double> sums(blocks, 0.0);
+  std::vector<Partial> partials(blocks);
   const auto* threads = ctx->device()->tensorflow_cpu_worker_threads();
   ::tensorflow::Shard(threads->num_threads, threads->workers, blocks, kBlock * 4,
                       [&](int64_t first, int64_t last) {
                         for (int64_t b = first; b < last; ++b) {
-                          block(b * kBlock, std::min(n, (b + 1) * kBlock), &maxes[b], &sums[b]);
+                          block(b * kBlock, std::min(n, (b + 1) * kBlock), &partials[b]);
                         }
                       });
-  float m = 0.0f;
-  double s = 0.0;
-  for (int64_t b = 0; b < blocks; ++b) {
-    m = maxes[b] > m || maxes[b] != maxes[b] ? maxes[b] : m;
-    s += sums[b];
+  Partial total;
+  for (const Partial& p : partials) {
+    total.Max(p.max);
+    total.sum += p.sum;
+    total.finite = total.finite && p.finite;
   }
-  *max_out = m;
-  *sum_out = static_cast<float>(s);
+  return total;
+}
+
+// The outputs of a reduction: max |d|, sum of (w_new - w_old)^2, and whether g is finite.
+void SetOutputs(OpKernelContext* ctx, int first, const Partial& p, float max_scale) {
+  Tensor* out[3] = {nullptr, nullptr, nullptr};
+  for (int k = 0; k < 3; ++k) {
+    OP_REQUIRES_OK(ctx, ctx->allocate_output(first + k, TensorShape({}), &out[k]));
+  }
+  out[0]->scalar<float>()() = p.max * max_scale;
+  out[1]->scalar<float>()() = static_cast<float>(p.sum);
+  out[2]->scalar<bool>()() = p.finite;
 }
 
 // Whether inputs [first, last) have the same number of elements; sets an error if not.
@@ -189,23 +206,15 @@ class StatisticsOp : public OpKernel {
     const float* w_new = ctx->input(2).flat<float>().data();
     const float* w_old = ctx->input(3).flat<float>().data();
     const float* h_old = count > 4 ? ctx->input(4).flat<float>().data() : nullptr;
-    float m = 0.0f, s = 0.0f;
     const int64_t n = ctx->input(0).NumElements();
-    if (h_old == nullptr) {
-      BlockReduce(ctx, n, [&](int64_t b, int64_t e, float* mo, double* so) {
-        ReduceBlock<0>(g, h, h_old, w_new, w_old, b, e, mo, so);
-      }, &m, &s);
-    } else {
-      BlockReduce(ctx, n, [&](int64_t b, int64_t e, float* mo, double* so) {
-        ReduceBlock<1>(g, h, h_old, w_new, w_old, b, e, mo, so);
-      }, &m, &s);
-    }
-    Tensor* max_out = nullptr;
-    Tensor* sum_out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(0, TensorShape({}), &max_out));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &sum_out));
-    max_out->scalar<float>()() = m;
-    sum_out->scalar<float>()() = s;
+    const Partial p = h_old == nullptr
+        ? BlockReduce(ctx, n, [&](int64_t b, int64_t e, Partial* out) {
+            ReduceBlock<0>(g, h, h_old, w_new, w_old, b, e, out);
+          })
+        : BlockReduce(ctx, n, [&](int64_t b, int64_t e, Partial* out) {
+            ReduceBlock<1>(g, h, h_old, w_new, w_old, b, e, out);
+          });
+    SetOutputs(ctx, 0, p, 1.0f);
   }
 };
 
@@ -226,16 +235,10 @@ class NextHessianOp : public OpKernel {
     const float* hp = h.flat<float>().data();
     float* out = h_next->flat<float>().data();
     const float c = rate_;
-    float m = 0.0f, s = 0.0f;
-    BlockReduce(ctx, h.NumElements(), [&](int64_t b, int64_t e, float* mo, double* so) {
-      NextHessianBlock(g, hp, c, w_new, w_old, out, b, e, mo, so);
-    }, &m, &s);
-    Tensor* max_out = nullptr;
-    Tensor* sum_out = nullptr;
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(1, TensorShape({}), &max_out));
-    OP_REQUIRES_OK(ctx, ctx->allocate_output(2, TensorShape({}), &sum_out));
-    max_out->scalar<float>()() = m * c;
-    sum_out->scalar<float>()() = s;
+    const Partial p = BlockReduce(ctx, h.NumElements(), [&](int64_t b, int64_t e, Partial* part) {
+      NextHessianBlock(g, hp, c, w_new, w_old, out, b, e, part);
+    });
+    SetOutputs(ctx, 1, p, c);
   }
 
  private:
@@ -336,6 +339,7 @@ REGISTER_OP("PacgenStatistics")
     .Attr("N: int >= 0 = 0")
     .Output("max_abs_difference: float")
     .Output("squared_distance: float")
+    .Output("gradient_is_finite: bool")
     .SetShapeFn(ScalarOutputs);
 
 REGISTER_OP("PacgenNextHessian")
@@ -347,10 +351,10 @@ REGISTER_OP("PacgenNextHessian")
     .Output("next_hessian: float")
     .Output("max_abs_change: float")
     .Output("squared_distance: float")
+    .Output("gradient_is_finite: bool")
     .SetShapeFn([](InferenceContext* c) {
       c->set_output(0, c->input(1));
-      c->set_output(1, c->Scalar());
-      c->set_output(2, c->Scalar());
+      for (int k = 1; k < 4; ++k) c->set_output(k, c->Scalar());
       return ::tensorflow::Status();
     });
 
