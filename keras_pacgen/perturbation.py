@@ -541,16 +541,16 @@ class PerturbationMixin:
         runs as soon as its gradient exists (during the backward pass) and TensorFlow's reductions
         use every core; only the final `all` waits for the last gradient. A gradient that the
         native kernels already read in this step (`_native_checks`) takes their check instead."""
-        variables = variables if variables is not None else [None] * len(grads)
         known = self._native_checks or {}
-        checks = [known.get(self._get_variable_index(var)) if var is not None else None
-                  for var in variables]
-        checks = [
-            check if check is not None and not isinstance(g, tf.IndexedSlices) else
-            tf.reduce_all(tf.math.is_finite(g.values if isinstance(g, tf.IndexedSlices) else g))
-            for g, check in zip(grads, checks)
-            if g is not None
-        ]
+
+        def check(g, var):
+            if isinstance(g, tf.IndexedSlices):
+                return tf.reduce_all(tf.math.is_finite(g.values))
+            found = known.get(self._get_variable_index(var)) if var is not None else None
+            return found if found is not None else tf.reduce_all(tf.math.is_finite(g))
+
+        variables = variables if variables is not None else [None] * len(grads)
+        checks = [check(g, var) for g, var in zip(grads, variables) if g is not None]
         return tf.reduce_all(tf.stack(checks)) if checks else tf.constant(True)
 
     def _all_reduce_sum_gradients(self, grads_and_vars):

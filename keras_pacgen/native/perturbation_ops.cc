@@ -73,20 +73,30 @@ struct Partial {
   void Max(float a) { max = a > max || a != a ? a : max; }  // a NaN max stays
 };
 
+// d[i] of a reduction. kind 0: d = g^2 - h; kind 1: d = h - h_old; kind 2: d = g^2 - h, and
+// h_next[i] = h[i] + d * c (h_{t+1}, rounded as TensorFlow's Square, Sub, Mul and AddV2 do).
+template <int kind>
+inline float Difference(const float* __restrict__ g, const float* __restrict__ h,
+                        const float* __restrict__ h_old, float c, float* __restrict__ h_next,
+                        int64_t i) {
+  const float d = kind == 1 ? h[i] - h_old[i] : g[i] * g[i] - h[i];
+  if (kind == 2) h_next[i] = h[i] + d * c;
+  return d;
+}
+
 // One block of a reduction: max |d|, the sum of (w_new - w_old)^2, whether g is finite.
-// kind 0: d = g^2 - h; kind 1: d = h - h_old.
 template <int kind>
 void ReduceBlock(const float* __restrict__ g, const float* __restrict__ h,
-                 const float* __restrict__ h_old, const float* __restrict__ w_new,
-                 const float* __restrict__ w_old, int64_t begin, int64_t end, Partial* out) {
+                 const float* __restrict__ h_old, float c, float* __restrict__ h_next,
+                 const float* __restrict__ w_new, const float* __restrict__ w_old,
+                 int64_t begin, int64_t end, Partial* out) {
   float lane_max[kLanes] = {0.0f};
   float lane_sum[kLanes] = {0.0f};
   float lane_bad[kLanes] = {0.0f};
   int64_t i = begin;
   for (; i + kLanes <= end; i += kLanes) {
     for (int j = 0; j < kLanes; ++j) {
-      const float d = kind == 0 ? g[i + j] * g[i + j] - h[i + j] : h[i + j] - h_old[i + j];
-      const float a = std::fabs(d);
+      const float a = std::fabs(Difference<kind>(g, h, h_old, c, h_next, i + j));
       lane_max[j] = a > lane_max[j] || a != a ? a : lane_max[j];  // NaN wins, as tf.reduce_max
       const float e = w_new[i + j] - w_old[i + j];
       lane_sum[j] += e * e;
@@ -95,45 +105,7 @@ void ReduceBlock(const float* __restrict__ g, const float* __restrict__ h,
   }
   Partial p;
   for (; i < end; ++i) {
-    const float d = kind == 0 ? g[i] * g[i] - h[i] : h[i] - h_old[i];
-    p.Max(std::fabs(d));
-    const float e = w_new[i] - w_old[i];
-    p.sum += static_cast<double>(e) * e;
-    p.finite = p.finite && g[i] - g[i] == 0.0f;
-  }
-  for (int j = 0; j < kLanes; ++j) {
-    p.Max(lane_max[j]);
-    p.sum += lane_sum[j];
-    p.finite = p.finite && lane_bad[j] == 0.0f;
-  }
-  *out = p;
-}
-
-// h_{t+1} = h + (g^2 - h) * c, c = 1 - beta1, and the block's max |g^2 - h| and sum of
-// (w_new - w_old)^2. Each operation rounds as TensorFlow's Square, Sub, Mul and AddV2 do.
-void NextHessianBlock(const float* __restrict__ g, const float* __restrict__ h, float c,
-                      const float* __restrict__ w_new, const float* __restrict__ w_old,
-                      float* __restrict__ h_next, int64_t begin, int64_t end, Partial* out) {
-  float lane_max[kLanes] = {0.0f};
-  float lane_sum[kLanes] = {0.0f};
-  float lane_bad[kLanes] = {0.0f};
-  int64_t i = begin;
-  for (; i + kLanes <= end; i += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const float d = g[i + j] * g[i + j] - h[i + j];
-      h_next[i + j] = h[i + j] + d * c;
-      const float a = std::fabs(d);
-      lane_max[j] = a > lane_max[j] || a != a ? a : lane_max[j];
-      const float e = w_new[i + j] - w_old[i + j];
-      lane_sum[j] += e * e;
-      lane_bad[j] += g[i + j] - g[i + j];
-    }
-  }
-  Partial p;
-  for (; i < end; ++i) {
-    const float d = g[i] * g[i] - h[i];
-    h_next[i] = h[i] + d * c;
-    p.Max(std::fabs(d));
+    p.Max(std::fabs(Difference<kind>(g, h, h_old, c, h_next, i)));
     const float e = w_new[i] - w_old[i];
     p.sum += static_cast<double>(e) * e;
     p.finite = p.finite && g[i] - g[i] == 0.0f;
@@ -209,10 +181,10 @@ class StatisticsOp : public OpKernel {
     const int64_t n = ctx->input(0).NumElements();
     const Partial p = h_old == nullptr
         ? BlockReduce(ctx, n, [&](int64_t b, int64_t e, Partial* out) {
-            ReduceBlock<0>(g, h, h_old, w_new, w_old, b, e, out);
+            ReduceBlock<0>(g, h, h_old, 0.0f, nullptr, w_new, w_old, b, e, out);
           })
         : BlockReduce(ctx, n, [&](int64_t b, int64_t e, Partial* out) {
-            ReduceBlock<1>(g, h, h_old, w_new, w_old, b, e, out);
+            ReduceBlock<1>(g, h, h_old, 0.0f, nullptr, w_new, w_old, b, e, out);
           });
     SetOutputs(ctx, 0, p, 1.0f);
   }
@@ -236,7 +208,7 @@ class NextHessianOp : public OpKernel {
     float* out = h_next->flat<float>().data();
     const float c = rate_;
     const Partial p = BlockReduce(ctx, h.NumElements(), [&](int64_t b, int64_t e, Partial* part) {
-      NextHessianBlock(g, hp, c, w_new, w_old, out, b, e, part);
+      ReduceBlock<2>(g, hp, nullptr, c, out, w_new, w_old, b, e, part);
     });
     SetOutputs(ctx, 1, p, c);
   }
