@@ -8,12 +8,16 @@
   `PacGenCallback` (clean generalization gap and ψ while training).
 """
 
-from keras_pacgen.callbacks import PacGenCallback, PerturbationCallback
-from keras_pacgen.metrics import PacGen, optimizer_estimates, psi_from_optimizer
-from keras_pacgen.optimizers import PerturbedAdam, PerturbedSGD, perturb, perturbed
-from keras_pacgen.pacgen import optimal_sigma, pac_bayes_bound, psi, psi_terms
-from keras_pacgen.perturbation import PerturbationMixin
-from keras_pacgen.scoring import PacGenScore, pacgen_score
+from keras_pacgen._backend import require_tensorflow_backend
+
+require_tensorflow_backend()
+
+from keras_pacgen.callbacks import PacGenCallback, PerturbationCallback  # noqa: E402
+from keras_pacgen.metrics import PacGen, optimizer_estimates, psi_from_optimizer  # noqa: E402
+from keras_pacgen.optimizers import PerturbedAdam, PerturbedSGD, perturb, perturbed  # noqa: E402
+from keras_pacgen.pacgen import optimal_sigma, pac_bayes_bound, psi, psi_terms  # noqa: E402
+from keras_pacgen.perturbation import PerturbationMixin, perturbed_optimizers  # noqa: E402
+from keras_pacgen.scoring import PacGenScore, pacgen_score  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -31,6 +35,7 @@ __all__ = [
     "pacgen_score",
     "perturb",
     "perturbed",
+    "perturbed_optimizers",
     "psi",
     "psi_from_optimizer",
     "psi_terms",

@@ -6,8 +6,8 @@ import keras
 import tensorflow as tf
 
 from keras_pacgen import _validation as check
-from keras_pacgen.callbacks.perturbation import perturbed_optimizers
 from keras_pacgen.pacgen import psi_terms
+from keras_pacgen.perturbation import keras_internals, perturbed_optimizers
 
 _NO_ESTIMATE = (
     "{name} keeps no Hessian-diagonal estimate, so ψ cannot be read from its state. Use a "
@@ -17,65 +17,53 @@ _NO_ESTIMATE = (
 )
 
 
-def _unwrap(optimizer):
+def _inner(optimizer):
+    """The optimizer that keeps the state, inside a LossScaleOptimizer."""
     inner = getattr(optimizer, "inner_optimizer", None)
-    return _unwrap(inner) if inner is not None else optimizer
+    return _inner(inner) if inner is not None else optimizer
 
 
 def has_estimates(optimizer) -> bool:
     """Whether ψ can be read from `optimizer`'s state (perturbed or Adam-family)."""
-    opt = _unwrap(optimizer)
-    return bool(perturbed_optimizers(opt)) or hasattr(opt, "_velocities") and hasattr(opt, "beta_2")
+    return bool(perturbed_optimizers(optimizer)) or (
+        keras_internals.second_moments(_inner(optimizer)) is not None
+        and hasattr(_inner(optimizer), "beta_2")
+    )
 
 
 def require_estimates(optimizer) -> None:
     """Raise a `ValueError` that says what to use instead when `optimizer` keeps no estimate."""
     if not has_estimates(optimizer):
-        raise ValueError(_NO_ESTIMATE.format(name=type(_unwrap(optimizer)).__name__))
+        raise ValueError(_NO_ESTIMATE.format(name=type(_inner(optimizer)).__name__))
 
 
 def optimizer_estimates(optimizer, variables):
     """(clean weights, bias-corrected H_ii, ρ) from an optimizer's state; graph-friendly.
 
-    * Perturbed optimizers: the clean weights (the ``clean`` slot while ``u`` is applied), h and
-      ρ = max_i ρ[i] (the paper's ρ is one Lipschitz constant).
-    * Adam-family optimizers: the variables, Adam's second moment ``v`` and ρ = 0 (no estimate of
-      the third derivative is kept; ψ then has no ρ term).
-
-    h is an exponential moving average started at 0; it is divided by ``1 − β^t`` (Adam's bias
-    correction) so that ψ early in training is not dominated by the start-up bias.
+    * Perturbed optimizers: their `estimates` (the clean weights, h and ρ = max_i ρ[i]).
+    * Adam-family optimizers: the variables, Adam's second moment ``v`` divided by ``1 − β2^t``
+      (Adam's bias correction) and ρ = 0 (no estimate of the third derivative is kept; ψ then has
+      no ρ term).
     """
-    opt = _unwrap(optimizer)
-    perturbed = perturbed_optimizers(opt)
-    if not getattr(opt, "built", False):
-        raise ValueError("The optimizer is not built yet: train at least one step first.")
-    step = tf.cast(tf.maximum(opt.iterations, 1), tf.float32)
+    perturbed = perturbed_optimizers(optimizer)
     if perturbed:
-        opt = perturbed[0]
-        applied = tf.greater(opt._perturbation_applied, 0)
-        weights, hessians, rhos = [], [], []
-        decay = float(opt.hessian_decay)
-        correction = 1.0 - tf.pow(decay, step)
-        for v in variables:
-            idx = opt._get_variable_index(v)
-            if not opt._is_perturbed(idx):
-                continue
-            weights.append(tf.where(applied, tf.convert_to_tensor(opt._clean_weights[idx]), v))
-            hessians.append(tf.convert_to_tensor(opt._hessians[idx]) / correction)
-            rhos.append(tf.reduce_max(tf.convert_to_tensor(opt._rhos[idx])))
-        rho = tf.reduce_max(tf.stack(rhos))
-        return weights, hessians, rho
-    if hasattr(opt, "_velocities") and hasattr(opt, "beta_2"):
-        correction = 1.0 - tf.pow(float(opt.beta_2), step)
-        weights, hessians = [], []
-        for v in variables:
-            vel = opt._velocities[opt._get_variable_index(v)]
-            if vel is None:
-                continue
+        found = perturbed[0].estimates(variables)
+        return found["weights"], found["hessians"], found["rho"]
+    opt = _inner(optimizer)
+    velocities = keras_internals.second_moments(opt)
+    if velocities is None or not hasattr(opt, "beta_2"):
+        raise ValueError(_NO_ESTIMATE.format(name=type(opt).__name__))
+    if not opt.built:
+        raise ValueError("The optimizer is not built yet: train at least one step first.")
+    steps = tf.cast(tf.maximum(opt.iterations, 1), tf.float32)
+    correction = 1.0 - tf.pow(float(opt.beta_2), steps)
+    weights, hessians = [], []
+    for v in variables:
+        velocity = velocities[keras_internals.variable_index(opt, v)]
+        if velocity is not None:
             weights.append(tf.convert_to_tensor(v))
-            hessians.append(tf.convert_to_tensor(vel) / correction)
-        return weights, hessians, tf.constant(0.0)
-    raise ValueError(_NO_ESTIMATE.format(name=type(opt).__name__))
+            hessians.append(tf.convert_to_tensor(velocity) / correction)
+    return weights, hessians, tf.constant(0.0)
 
 
 def psi_from_optimizer(model, *, gamma: float = 0.1, epsilon: float = 0.1) -> tf.Tensor:

@@ -9,11 +9,10 @@ from __future__ import annotations
 import keras
 
 from keras_pacgen.perturbation import PERTURBATION_DEFAULTS, PerturbationMixin
+from keras_pacgen.perturbation.arguments import DOC as _PERTURBATION_ARGS_DOC
 
 _PACKAGE = "keras_pacgen"
 _CLASSES: dict[type, type] = {}
-
-_PERTURBATION_ARGS_DOC = PerturbationMixin.__doc__.split("Perturbation arguments", 1)[1]
 
 
 @keras.saving.register_keras_serializable(package=_PACKAGE)
@@ -28,9 +27,9 @@ class PerturbedAdam(PerturbationMixin, keras.optimizers.Adam):
 
         PerturbedAdam(learning_rate=1e-4, eta=0.01, gamma=10.0, kappa_epsilon=1e-5)
 
-    Perturbation arguments""" + _PERTURBATION_ARGS_DOC
+    Perturbation arguments:""" + _PERTURBATION_ARGS_DOC
 
-    _second_moment_source = ("_velocities", "beta_2")
+    _second_moment_decay = "beta_2"
 
     def __init__(
         self,
@@ -103,7 +102,7 @@ class PerturbedSGD(PerturbationMixin, keras.optimizers.SGD):
 
         PerturbedSGD(learning_rate=1e-2, eta=100.0, gamma=1.0, kappa_epsilon=1e-5)
 
-    Perturbation arguments""" + _PERTURBATION_ARGS_DOC
+    Perturbation arguments:""" + _PERTURBATION_ARGS_DOC
 
     def __init__(
         self,
@@ -164,11 +163,12 @@ class PerturbedSGD(PerturbationMixin, keras.optimizers.SGD):
 _CLASSES[keras.optimizers.Adam] = PerturbedAdam
 _CLASSES[keras.optimizers.SGD] = PerturbedSGD
 
-# Second moments that equal h when their decay equals hessian_decay (see PerturbationMixin.build).
+# Second moments v that are h when their decay equals hessian_decay (see PerturbationMixin.build):
+# the class and the name of its decay argument.
 _SECOND_MOMENTS = (
-    ("Adam", ("_velocities", "beta_2")),  # covers AdamW
-    ("Nadam", ("_velocities", "beta_2")),
-    ("RMSprop", ("_velocities", "rho")),
+    ("Adam", "beta_2"),  # covers AdamW
+    ("Nadam", "beta_2"),
+    ("RMSprop", "rho"),
 )
 
 
@@ -198,11 +198,11 @@ def perturbed(optimizer_class: type) -> type:
         )
     if optimizer_class in _CLASSES:
         return _CLASSES[optimizer_class]
-    source = None
-    for base_name, slots in _SECOND_MOMENTS:
+    decay = None
+    for base_name, decay_name in _SECOND_MOMENTS:
         base = getattr(keras.optimizers, base_name, None)
         if base is not None and issubclass(optimizer_class, base):
-            source = slots
+            decay = decay_name
             break
     name = f"Perturbed{optimizer_class.__name__}"
     cls = type(
@@ -212,8 +212,8 @@ def perturbed(optimizer_class: type) -> type:
             "__module__": __name__,
             "__doc__": f"{optimizer_class.__name__} with Algorithm 1's perturbation (PertOPT).\n\n"
             f"All of `{optimizer_class.__module__}.{optimizer_class.__name__}`'s arguments plus the "
-            "perturbation arguments" + _PERTURBATION_ARGS_DOC,
-            "_second_moment_source": source,
+            "perturbation arguments:" + _PERTURBATION_ARGS_DOC,
+            "_second_moment_decay": decay,
         },
     )
     cls = keras.saving.register_keras_serializable(package=_PACKAGE, name=name)(cls)

@@ -1,4 +1,5 @@
-"""MirroredStrategy over 2 logical CPUs: replicas stay bit-identical (stateless noise)."""
+"""MirroredStrategy over 2 logical CPUs: replicas stay bit-identical (stateless noise), and a
+non-finite gradient on one replica skips the step on all; MultiWorkerMirroredStrategy on localhost."""
 
 import json
 import os
@@ -20,6 +21,10 @@ def test_mirrored_replicas_identical_and_match_single_device():
     assert result["mirrored_variables_checked"] > 10  # weights and every optimizer slot
     assert result["identical"]
     assert result["max_diff_vs_single"] < 1e-5
+    # a NaN gradient on one replica skips the step on every replica, and nothing changes
+    assert result["nonfinite_skipped"] == 1
+    assert result["nonfinite_left_state_unchanged"]
+    assert result["finite_step_trained"]
 
 
 def test_multi_worker_mirrored_two_processes_on_localhost():

@@ -47,28 +47,6 @@ def test_accuracy_benchmark_runs(tmp_path):
     assert os.path.exists(tmp_path / "accuracy.csv")
 
 
-@pytest.mark.parametrize("kernels", ["native", "xla"])
-def test_step_profile_finds_the_perturbation_kernel_after_the_last_gradient(tmp_path, monkeypatch, kernels):
-    from benchmarks import step_profile
-    from keras_pacgen import native
-
-    if kernels == "xla":
-        monkeypatch.setenv("KERAS_PACGEN_NATIVE", "0")
-    elif native.ops() is None:
-        pytest.skip("native kernels unavailable")
-    medians = step_profile.main(["--optimizers", "adam,perturbed_adam", "--steps", "4", "--batch", "16",
-                                 "--out", str(tmp_path)])
-    for row in medians.values():
-        assert row["steps"] == 2 and 0 < row["after_last_gradient_ms"] < row["step_ms"]
-    assert medians["adam"]["kernel_ms"] == medians["adam"]["xla_call_ms"] == 0  # no kernel
-    perturbed = medians["perturbed_adam"]  # σ and w + u wait for the last gradient
-    if kernels == "native":  # a plain op: no XLA call
-        assert perturbed["xla_call_ms"] == 0 and 0 < perturbed["kernel_ms"]
-    else:
-        assert 0 < perturbed["kernel_ms"] < perturbed["xla_call_ms"] < perturbed["after_last_gradient_ms"]
-    assert json.loads((tmp_path / "step_profile.json").read_text())["medians"] == medians
-
-
 def test_step_time_ratio_is_paired_by_round():
     """A slowdown that moves every configuration alike (the VM's drift) cancels round by round."""
     from benchmarks.step_time import paired_ratio
@@ -83,39 +61,6 @@ def test_step_time_ratio_is_paired_by_round():
     # unpaired medians would mix the drift into the ratio
     unpaired = np.median(np.concatenate(rounds)) / np.median(np.concatenate(baseline))
     assert abs(unpaired - 1.04) > 0.01
-
-
-def test_ab_revision_builds_the_optimizers_of_a_revision():
-    """The A/B loads perturbation.py from git as a module of its own; against HEAD with an
-    unchanged file it is the same code, so both versions train to the same bits."""
-    import subprocess
-
-    from conftest import LOSS, small_model, toy_data
-
-    import keras_pacgen as kp
-    from benchmarks import ab_revision, step_time
-    from keras_pacgen import perturbation
-
-    try:
-        base = ab_revision._module_at("HEAD")
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        pytest.skip("no git history here")
-    assert base.PerturbationMixin is not perturbation.PerturbationMixin
-    x, y = toy_data()
-    weights = {}
-    for name, make in [("installed", step_time.OPTIMIZERS["perturbed_adam"]),
-                       *ab_revision.base_optimizers(base).items()]:
-        model = small_model()
-        model.compile(optimizer=make(), loss=LOSS)
-        model.fit(x, y, epochs=1, shuffle=False, verbose=0, callbacks=[kp.PerturbationCallback()])
-        weights[name] = [np.asarray(v) for v in model.trainable_variables]
-        mixin = perturbation if name == "installed" else base
-        assert isinstance(model.optimizer, mixin.PerturbationMixin)
-    with open(perturbation.__file__) as f:
-        unchanged = f.read() == ab_revision.source_at("HEAD")
-    if unchanged:
-        for a, b in zip(weights["installed"], weights["perturbed_adam_base"]):
-            np.testing.assert_array_equal(a, b)
 
 
 def test_toy_sharp_global_minimum_has_higher_psi_and_loses_under_perturbation():

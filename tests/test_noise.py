@@ -3,7 +3,7 @@
 import numpy as np
 import tensorflow as tf
 
-from keras_pacgen.noise import uniform_unit
+from keras_pacgen.perturbation.noise import uniform_unit
 
 
 def draw(shape=(512, 33), seed=5, step=3, index=2, jit=False):

@@ -169,19 +169,19 @@ def test_no_retrace_after_the_first_epoch(jit):
     """The epoch counter is a variable: later epochs reuse the first epoch's trace."""
     opt = kp.PerturbedAdam(learning_rate=1e-2, **PERT)
     traces = []
-    original = opt._perturb
+    original = opt._step
 
     def counting(*args, **kwargs):
         traces.append(1)
         return original(*args, **kwargs)
 
-    opt._perturb = counting
+    opt._step = counting
     per_epoch = []
     record = keras.callbacks.LambdaCallback(on_epoch_end=lambda e, logs: per_epoch.append(len(traces)))
     fit(opt, epochs=4, jit=jit, callbacks=[kp.PerturbationCallback(), record])
     assert per_epoch[0] >= 1 and per_epoch == [per_epoch[0]] * 4
     assert per_epoch[0] <= 2  # tf.function may trace twice on its first call, as it does for Adam
-    assert int(opt._epoch.numpy()) == 4  # the epoch advanced without retracing
+    assert int(opt.epoch.numpy()) == 4  # the epoch advanced without retracing
 
 
 def test_same_seed_bit_identical_other_seed_differs():
@@ -280,7 +280,7 @@ def _trained(opt, mode="function"):
 
 def _state(model, opt):
     """The model's variables and every optimizer variable but the skipped-step counter."""
-    skipped = id(opt._nonfinite_steps.value)
+    skipped = id(opt.nonfinite_steps.value)
     return [v.numpy() for v in model.trainable_variables] + [
         np.asarray(v) for v in opt.variables if id(v.value) != skipped
     ]

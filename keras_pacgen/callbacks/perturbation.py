@@ -6,22 +6,7 @@ import warnings
 
 import keras
 
-from keras_pacgen.perturbation import PerturbationMixin
-
-
-def perturbed_optimizers(optimizer) -> list[PerturbationMixin]:
-    """The perturbed optimizers inside `optimizer` (itself, a LossScaleOptimizer's inner one...)."""
-    if optimizer is None:
-        return []
-    if isinstance(optimizer, PerturbationMixin):
-        return [optimizer]
-    found = []
-    inner = getattr(optimizer, "inner_optimizer", None)
-    if inner is not None:
-        found += perturbed_optimizers(inner)
-    for opt in getattr(optimizer, "optimizers", None) or []:
-        found += perturbed_optimizers(opt)
-    return found
+from keras_pacgen.perturbation import PerturbationMixin, perturbed_optimizers
 
 
 class PerturbationCallback(keras.callbacks.Callback):
@@ -72,7 +57,7 @@ class PerturbationCallback(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._optimizers = self._find()
         for opt in self._optimizers:
-            opt._attach_guard(True)
+            opt.callback_attached(True)
         # A perturbation left from an earlier fit() is re-applied lazily, at the first batch.
         self._removed = True
 
@@ -109,7 +94,7 @@ class PerturbationCallback(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         self._remove()
         for opt in self._optimizers:
-            opt._attach_guard(False)
+            opt.callback_attached(False)
 
     # evaluation and prediction
     def on_test_begin(self, logs=None):

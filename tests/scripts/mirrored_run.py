@@ -64,5 +64,38 @@ max_diff = max(
     float(np.max(np.abs(components(a)[0] - b.numpy())))
     for a, b in zip(model.trainable_variables, single_model.trainable_variables)
 )
+
+
+def snapshot():
+    """Every copy of every weight and optimizer variable, but the count of skipped steps."""
+    state = [v for v in opt.variables if v is not opt.nonfinite_steps]
+    return [c for var in list(model.trainable_variables) + state for c in components(var)]
+
+
+def apply_on_replicas(bad_replica):
+    """One optimizer step inside strategy.run; replica `bad_replica` (if any) has a NaN gradient."""
+
+    @tf.function
+    def step():
+        def replica_fn():
+            replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+            grads = [tf.where(tf.equal(replica, bad_replica), np.nan, 0.01) * tf.ones_like(v)
+                     for v in model.trainable_variables]
+            opt.apply(grads, model.trainable_variables)
+
+        mirrored.run(replica_fn)
+
+    step()
+
+
+before, skipped_before = snapshot(), int(opt.nonfinite_steps.numpy())
+apply_on_replicas(bad_replica=1)  # only the second replica's gradient is NaN: skipped everywhere
+unchanged = all(np.array_equal(a, b) for a, b in zip(before, snapshot()))
+skipped = int(opt.nonfinite_steps.numpy()) - skipped_before
+apply_on_replicas(bad_replica=-1)  # all finite: trains, replicas stay identical
+after = [c for var in model.trainable_variables for c in components(var)]
+trained = not np.array_equal(before[0], after[0]) and np.array_equal(after[0], after[1])
 print(json.dumps({"replicas": mirrored.num_replicas_in_sync, "mirrored_variables_checked": checked,
-                  "identical": bool(identical), "max_diff_vs_single": max_diff}))
+                  "identical": bool(identical), "max_diff_vs_single": max_diff,
+                  "nonfinite_skipped": skipped, "nonfinite_left_state_unchanged": bool(unchanged),
+                  "finite_step_trained": bool(trained)}))

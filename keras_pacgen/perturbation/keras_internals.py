@@ -1,0 +1,36 @@
+"""The private Keras attributes keras-pacgen reads, in one place (Keras 3.6-3.15, TensorFlow backend).
+
+Each has no public route in Keras; if a Keras release renames one, this file is the only one to
+change (the tests that build, train, save and score perturbed optimizers fail first).
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+
+def variable_index(optimizer, variable) -> int:
+    """The position of a model variable (or of one of its per-device copies) in the list the
+    optimizer was built on, which is also the position of its slots. Keras keeps this map private
+    (``_get_variable_index``); every built-in optimizer uses it to find its slots."""
+    return optimizer._get_variable_index(variable)
+
+
+def built_variables(optimizer) -> list:
+    """The model variables the optimizer was built on, in slot order. Keras keeps the list private
+    (``_trainable_variables``); the perturbation must be removed from all of them, including when
+    the optimizer is used outside ``fit``."""
+    return optimizer._trainable_variables
+
+
+def second_moments(optimizer) -> list | None:
+    """The second-moment slots ``v`` of an Adam-family optimizer (Adam, AdamW, Nadam, RMSprop,
+    ...), one per variable, or None. Keras has no accessor for one kind of slot; the paper's
+    Hessian-diagonal estimate h is this ``v`` when the decays agree ("we follow Adam")."""
+    return getattr(optimizer, "_velocities", None)
+
+
+def distribution_strategy(optimizer) -> tf.distribute.Strategy:
+    """The `tf.distribute.Strategy` the optimizer was created under. Needed to remove or re-apply
+    the perturbation from a callback, which may run outside that strategy's scope."""
+    return optimizer._distribution_strategy

@@ -1,0 +1,85 @@
+"""The shape of the perturbation core, and what it promises outside fit(): the epoch counter of a
+custom loop, the backend check, no private TensorFlow imports."""
+
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_pacgen as kp
+
+PACKAGE = Path(kp.__file__).parent
+
+
+def test_set_epoch_before_the_first_step_of_a_custom_loop_is_kept():
+    """set_epoch(3) on an unbuilt optimizer, then a tf.function loop: the first step already uses
+    epoch 3 (κ = γ/log(1 + 3)·|w| + ε), and so do the next ones."""
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.Dense(2)
+    layer.build((None, 4))
+    x = np.random.default_rng(0).normal(size=(8, 4)).astype("float32")
+    w0 = [v.numpy() for v in layer.trainable_variables]
+    # lr 0: the weights do not move; η tiny: σ is capped by κ on every coordinate
+    opt = kp.PerturbedSGD(learning_rate=0.0, eta=1e-12, gamma=1.0, kappa_epsilon=1e-3,
+                          grad_threshold=1e9, seed=1)
+    opt.set_epoch(3)
+
+    @tf.function
+    def step():
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(x) ** 2)
+        opt.apply(tape.gradient(loss, layer.trainable_variables), layer.trainable_variables)
+
+    for _ in range(2):
+        step()
+        assert int(opt.epoch.numpy()) == 3
+        for v, w in zip(layer.trainable_variables, w0):
+            kappa = 1.0 / math.log(1 + 3) * np.abs(w) + 1e-3
+            np.testing.assert_allclose(opt.perturbation_state(v)["sigma"].numpy(), kappa, rtol=4e-3)
+    opt.set_epoch(5)  # and after the build, too
+    step()
+    assert int(opt.epoch.numpy()) == 5
+
+
+def _import_error(env):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **env}
+    proc = subprocess.run([sys.executable, "-c", "import keras_pacgen"], capture_output=True,
+                          text=True, env=env, timeout=300)
+    assert proc.returncode != 0
+    return proc.stderr.strip().splitlines()[-1]
+
+
+def test_import_under_another_backend_says_how_to_select_tensorflow(tmp_path):
+    last = _import_error({"KERAS_BACKEND": "jax"})  # JAX is not even installed here
+    assert last.startswith("ImportError") and "TensorFlow backend" in last
+    assert "'jax'" in last and "KERAS_BACKEND=tensorflow" in last
+    (tmp_path / "keras.json").write_text('{"backend": "torch"}')
+    env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
+    last = _import_error({**env, "KERAS_HOME": str(tmp_path), "KERAS_BACKEND": ""})
+    assert last.startswith("ImportError") and "'torch'" in last
+
+
+def _sources():
+    return {path: path.read_text() for path in PACKAGE.rglob("*.py")}
+
+
+def test_no_private_tensorflow_imports_and_private_keras_attributes_in_one_place():
+    private_keras = ("_get_variable_index", "_trainable_variables", "_velocities",
+                     "_distribution_strategy", "_var_key")
+    for path, text in _sources().items():
+        assert not re.search(r"tensorflow\.python|tf\.__internal__|tf\.compat\.v1", text), path
+        if path.name != "keras_internals.py":
+            for name in private_keras:
+                assert name not in text, f"{path}: {name}"
+
+
+def test_modules_stay_small():
+    for path, text in _sources().items():
+        assert len(text.splitlines()) <= 400, path
+    assert len((PACKAGE / "perturbation" / "mixin.py").read_text().splitlines()) < 250
