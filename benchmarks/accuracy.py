@@ -1,85 +1,208 @@
-"""PertOPT against the same optimizer without perturbation, dropout (the paper's baseline) and SAM.
+"""Does PertOPT beat tuned baselines, and does its curvature part (h, ρ, η) matter?
 
-    python benchmarks/accuracy.py [--datasets mnist1d,digits] [--seeds 5] [--out benchmarks/results]
+    python benchmarks/accuracy.py                              # the study: about 40 min on 2 CPU cores
+    python benchmarks/accuracy.py --quick --out /tmp/accuracy  # a smoke run, under a minute
 
-Every method trains the same network (MNIST-1D: the MNIST-style Conv1D network; digits: the
-PyTorch MNIST network) with Adam, the same learning rate, batch size and epochs, for each seed;
-reported are mean ± std over seeds of test accuracy, clean train accuracy and the clean
-generalization gap (test loss − train loss). PertOPT uses the perturbation settings given by
---eta / --gamma (defaults: Algorithm 1's γ = 0.1, η = 0.01), and once more with the paper's CIFAR
-γ = 10 (`perturbed_adam_gamma10`). SAM (ρ = 0.05) is
-`benchmarks/sam.py`, a reference baseline with two forward/backward passes per step.
+On MNIST-1D (`conv_net`, 30 epochs, batch 64) and scikit-learn's digits (the PyTorch MNIST network,
+40 epochs, batch 32), Adam at learning rate 1e-3 for every method, the same epochs for all:
+
+* ``adam``: plain Adam;
+* ``dropout``: Adam with dropout 0.1, 0.3, 0.5 (the paper's baseline);
+* ``sam``: SAM around Adam, ρ 0.01, 0.05, 0.1;
+* ``pertopt``: `PerturbedAdam` on the grid γ ∈ {0.1, 0.3, 1, 3} × η ∈ {0.01, 1e8, 1e10, 1e12}. At
+  the paper's η = 0.01, σ is capped by κ on nearly every coordinate (noise of size γ|w|/log(1+epoch)
+  with no curvature in it); from 1e8 up, σ < κ on more and more coordinates. The share of
+  perturbed coordinates with σ = κ at the end of training is recorded for each run;
+* ``pertopt_dropout``: the best PertOPT cell with the best dropout rate;
+* ``pertopt_paper``: the paper's two settings as they are, not tuned: its CIFAR γ = 10, η = 0.01
+  and its Tiny ImageNet γ = 1, η = 100 (both with ε = 1e-5, here with Adam).
+
+Every setting is trained with --seeds seeds on the training split minus a validation split (20%,
+carved with a fixed permutation); each family's setting is chosen by mean validation accuracy, and
+its test accuracy and clean gap (test − train cross-entropy) are reported as mean ± std over the
+seeds. Writes accuracy_runs.csv (one row per run), accuracy.json (the chosen settings, the table,
+every setting's means) and accuracy_heatmap.png (validation accuracy over (γ, η) per dataset).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
-import statistics
-import sys
+import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "examples"))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-from experiment import arrays, run, write_json, write_rows  # noqa: E402
+import numpy as np  # noqa: E402
 
-SETTINGS = {"mnist1d": dict(epochs=30, batch_size=64, learning_rate=1e-3),
-            "digits": dict(epochs=40, batch_size=32, learning_rate=1e-3)}
-METHODS = {
-    "adam": dict(optimizer="adam"),
-    "perturbed_adam": dict(optimizer="perturbed_adam"),
-    "perturbed_adam_gamma10": dict(optimizer="perturbed_adam", gamma=10.0),  # the paper's CIFAR γ
-    "dropout_0.1": dict(optimizer="adam", dropout=0.1),
-    "dropout_0.3": dict(optimizer="adam", dropout=0.3),
-    "dropout_0.5": dict(optimizer="adam", dropout=0.5),
-    "sam_adam": dict(optimizer="sam_adam"),
+from keras_pacgen import reporting, training  # noqa: E402
+
+SETTINGS = {
+    "mnist1d": dict(model="conv_net", epochs=30, batch_size=64),
+    "digits": dict(model="mnist_cnn", epochs=40, batch_size=32),
 }
+GAMMAS, ETAS = (0.1, 0.3, 1.0, 3.0), (0.01, 1e8, 1e10, 1e12)
+PAPER = ({"gamma": 10.0, "eta": 0.01}, {"gamma": 1.0, "eta": 100.0})  # CIFAR, Tiny ImageNet
+DROPOUTS, RHOS = (0.1, 0.3, 0.5), (0.01, 0.05, 0.1)
+QUICK = dict(datasets=("digits",), epochs=2, gammas=(0.1, 1.0), etas=(0.01, 1e10), dropouts=(0.3,),
+             rhos=(0.05,), paper=PAPER[:1])
+
+
+def settings(gammas, etas, dropouts, rhos, paper):
+    """(method, knobs) of every setting but pertopt_dropout, which needs the others' results."""
+    out = [("adam", {})]
+    out += [("dropout", {"dropout": d}) for d in dropouts]
+    out += [("sam", {"rho": r}) for r in rhos]
+    out += [("pertopt", {"gamma": g, "eta": e}) for g in gammas for e in etas]
+    out += [("pertopt_paper", {**p, "kappa_epsilon": 1e-5}) for p in paper]
+    return out
+
+
+def capped_share(optimizer, model) -> float:
+    """The share of perturbed coordinates (σ > 0) whose σ is at its cap κ = γ/log(1+epoch)·|w| + ε
+    (κ from the final clean weights; σ is stored at bfloat16 precision, hence the 1% margin)."""
+    log_epoch = math.log1p(float(optimizer.epoch.numpy()))
+    perturbed = capped = 0
+    for v in model.trainable_variables:
+        state = optimizer.perturbation_state(v)
+        sigma = state["sigma"].numpy().astype(np.float64)
+        kappa = optimizer.gamma / log_epoch * np.abs(state["clean_weights"].numpy()) + optimizer.kappa_epsilon
+        on = sigma > 0
+        perturbed += int(on.sum())
+        capped += int((sigma[on] >= 0.99 * kappa[on]).sum())
+    return capped / perturbed if perturbed else math.nan
+
+
+def run_one(dataset, method, knobs, seed, epochs):
+    base = {**SETTINGS[dataset], "epochs": epochs or SETTINGS[dataset]["epochs"]}
+    optimizer = "perturbed_adam" if method.startswith("pertopt") else {"sam": "sam_adam"}.get(method, "adam")
+    config = training.RunConfig(dataset=dataset, optimizer=optimizer, learning_rate=1e-3,
+                                validation_split=0.2, seed=seed, **base, **knobs)
+    result = training.run(config)
+    perturbed = method.startswith("pertopt")
+    return {"method": method, "dataset": dataset, "gamma": knobs.get("gamma", ""),
+            "eta": knobs.get("eta", ""), "dropout": knobs.get("dropout", 0.0),
+            "rho": knobs.get("rho", ""), "seed": seed, "val_accuracy": result.val_accuracy,
+            "test_accuracy": result.test_accuracy, "gap": result.gap,
+            "train_accuracy": result.train_accuracy,
+            "capped_share": capped_share(result.optimizer, result.model) if perturbed else "",
+            "seconds": round(result.seconds, 1)}
+
+
+def _key(row):
+    return (row["method"], row["gamma"], row["eta"], row["dropout"], row["rho"])
+
+
+def chosen(rows, method):
+    """The setting of `method` with the best mean validation accuracy, and its runs."""
+    groups = {}
+    for r in rows:
+        if r["method"] == method:
+            groups.setdefault(_key(r), []).append(r)
+    best = max(groups.values(), key=lambda runs: np.mean([r["val_accuracy"] for r in runs]))
+    return best
+
+
+def describe(runs) -> dict:
+    r = runs[0]
+    out = {"method": r["method"], "setting": {k: r[k] for k in ("gamma", "eta", "dropout", "rho")
+                                              if r[k] not in ("", 0.0)}, "seeds": len(runs)}
+    for key in ("val_accuracy", "test_accuracy", "gap", "train_accuracy"):
+        out[key], out[f"{key}_std"] = reporting.mean_std(r[key] for r in runs)
+    if r["capped_share"] != "":
+        out["capped_share"] = float(np.mean([r["capped_share"] for r in runs]))
+    return out
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--datasets", default="mnist1d,digits")
-    parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--eta", type=float, default=0.01)
-    parser.add_argument("--gamma", type=float, default=0.1)
-    parser.add_argument("--epochs", type=int, default=0, help="override the per-dataset epochs")
+    parser.add_argument("--quick", action="store_true", help="digits, 2 epochs, a 2x2 grid, 1 seed")
+    parser.add_argument("--resume", action="store_true", help="keep the runs in accuracy_runs.csv")
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
-    rows, table = [], []
-    for dataset in args.datasets.split(","):
-        settings = dict(SETTINGS[dataset])
-        if args.epochs:
-            settings["epochs"] = args.epochs
-        for method in args.methods.split(","):
-            for seed in range(args.seeds):
-                kwargs = {"eta": args.eta, "gamma": args.gamma, **settings, **METHODS[method]}
-                result = run(dataset=dataset, model="mnist_cnn", seed=seed, psi_every=10_000,
-                             data=arrays(dataset, 0.0, seed), **kwargs)
-                rows.append({"dataset": dataset, "method": method, "seed": seed,
-                             "test_accuracy": result["test_accuracy"], "train_accuracy": result["train_accuracy"],
-                             "gap": result["final_gap"], "seconds": round(result["seconds"], 1)})
-                print(f"{dataset:8s} {method:15s} seed {seed}: test {result['test_accuracy']:.4f} train "
-                      f"{result['train_accuracy']:.4f} gap {result['final_gap']:.4f} ({result['seconds']:.0f} s)", flush=True)
-            sel = [r for r in rows if r["dataset"] == dataset and r["method"] == method]
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    spec = QUICK if args.quick else dict(datasets=tuple(SETTINGS), epochs=None, gammas=GAMMAS,
+                                         etas=ETAS, dropouts=DROPOUTS, rhos=RHOS, paper=PAPER)
+    seeds = range(1 if args.quick else args.seeds)
+    path = os.path.join(args.out, "accuracy_runs.csv")
+    rows = reporting.read_csv(path) if args.resume and os.path.exists(path) else []
+    done = {(r["dataset"], *_key(r), r["seed"]) for r in rows}
+    start = time.time()
 
-            def ms(key, sel=sel):
-                values = [r[key] for r in sel]
-                return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+    def run(dataset, method, knobs):
+        for seed in seeds:
+            row = {"method": method, "gamma": knobs.get("gamma", ""), "eta": knobs.get("eta", ""),
+                   "dropout": knobs.get("dropout", 0.0), "rho": knobs.get("rho", "")}
+            if (dataset, *_key(row), seed) in done:
+                continue
+            rows.append(run_one(dataset, method, knobs, seed, spec["epochs"]))
+            reporting.write_csv(path, rows)
+            r = rows[-1]
+            print(f"[{(time.time() - start) / 60:.1f} min] {dataset} {method} {knobs} seed {seed}: "
+                  f"val {r['val_accuracy']:.4f} test {r['test_accuracy']:.4f} gap {r['gap']:.4f}",
+                  flush=True)
 
-            table.append({"dataset": dataset, "method": method, "seeds": len(sel),
-                          **{f"{k}_mean": ms(k)[0] for k in ("test_accuracy", "train_accuracy", "gap")},
-                          **{f"{k}_std": ms(k)[1] for k in ("test_accuracy", "train_accuracy", "gap")}})
-    write_rows(os.path.join(args.out, "accuracy_runs.csv"), rows)
-    write_rows(os.path.join(args.out, "accuracy.csv"), table)
-    write_json(os.path.join(args.out, "accuracy.json"), {"settings": SETTINGS, "eta": args.eta, "gamma": args.gamma,
-                                                         "table": table})
-    print("\n| dataset | method | test accuracy | clean train accuracy | gap (test − train loss) |")
-    print("|---|---|---|---|---|")
-    for t in table:
-        print(f"| {t['dataset']} | {t['method']} | {t['test_accuracy_mean']:.4f} ± {t['test_accuracy_std']:.4f} | "
-              f"{t['train_accuracy_mean']:.4f} ± {t['train_accuracy_std']:.4f} | {t['gap_mean']:.4f} ± {t['gap_std']:.4f} |")
-    return table
+    for dataset in spec["datasets"]:
+        for method, knobs in settings(spec["gammas"], spec["etas"], spec["dropouts"], spec["rhos"],
+                                      spec["paper"]):
+            run(dataset, method, knobs)
+        here = [r for r in rows if r["dataset"] == dataset]
+        best_pertopt, best_dropout = chosen(here, "pertopt")[0], chosen(here, "dropout")[0]
+        run(dataset, "pertopt_dropout", {"gamma": best_pertopt["gamma"], "eta": best_pertopt["eta"],
+                                         "dropout": best_dropout["dropout"]})
+    summary = {"settings": SETTINGS, "seeds": len(seeds), "grid": {"gamma": spec["gammas"], "eta": spec["etas"]},
+               "datasets": {}}
+    for dataset in spec["datasets"]:
+        here = [r for r in rows if r["dataset"] == dataset]
+        cells = {}
+        for r in here:
+            cells.setdefault(_key(r), []).append(r)
+        summary["datasets"][dataset] = {
+            "chosen": [describe(chosen(here, m)) for m in ("adam", "dropout", "sam", "pertopt", "pertopt_dropout")],
+            "every_setting": [describe(runs) for runs in cells.values()],
+        }
+    reporting.write_json(os.path.join(args.out, "accuracy.json"), summary)
+    heatmap(summary, spec, os.path.join(args.out, "accuracy_heatmap.png"))
+    print("\n| dataset | method | setting | val accuracy | test accuracy | gap (test − train loss) |")
+    print("|---|---|---|---|---|---|")
+    for dataset, entry in summary["datasets"].items():
+        for c in entry["chosen"]:
+            setting = ", ".join(f"{k} {v:g}" for k, v in c["setting"].items()) or "-"
+            print(f"| {dataset} | {c['method']} | {setting} | {c['val_accuracy']:.4f} | "
+                  f"{c['test_accuracy']:.4f} ± {c['test_accuracy_std']:.4f} | {c['gap']:.4f} ± {c['gap_std']:.4f} |")
+    print(f"\n{len(rows)} runs in {(time.time() - start) / 60:.1f} min; wrote {args.out}")
+    return summary
+
+
+def heatmap(summary, spec, path):
+    """Mean validation accuracy (and the share of capped σ) over (γ, η), a panel per dataset."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(summary["datasets"])
+    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.5), squeeze=False, dpi=100)
+    for ax, dataset in zip(axes[0], names):
+        cells = {(s["setting"].get("gamma"), s["setting"].get("eta")): s
+                 for s in summary["datasets"][dataset]["every_setting"] if s["method"] == "pertopt"}
+        grid = np.array([[cells[g, e]["val_accuracy"] for e in spec["etas"]] for g in spec["gammas"]])
+        image = ax.imshow(grid, cmap="viridis", aspect="auto")
+        for i, g in enumerate(spec["gammas"]):
+            for j, e in enumerate(spec["etas"]):
+                bright = grid[i, j] > (grid.min() + grid.max()) / 2
+                ax.text(j, i, f"{grid[i, j]:.3f}\ncapped {cells[g, e]['capped_share']:.2f}",
+                        ha="center", va="center", fontsize=7, color="black" if bright else "white")
+        adam = summary["datasets"][dataset]["chosen"][0]["val_accuracy"]
+        ax.set_xticks(range(len(spec["etas"])), [f"{e:g}" for e in spec["etas"]])
+        ax.set_yticks(range(len(spec["gammas"])), [f"{g:g}" for g in spec["gammas"]])
+        ax.set_xlabel("η")
+        ax.set_ylabel("γ")
+        ax.set_title(f"{dataset}: PertOPT validation accuracy (Adam {adam:.3f})")
+        fig.colorbar(image, ax=ax)
+    reporting.save_figure(fig, path)
 
 
 if __name__ == "__main__":

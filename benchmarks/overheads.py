@@ -1,14 +1,15 @@
-"""Optimizer memory, the cost of the PacGen metric, and the cost of a Hessian-vector product.
+"""The cost of the PacGen metric and of a Hessian-vector product.
 
     python benchmarks/overheads.py [--out benchmarks/results]
 
-1. Bytes of `optimizer.variables` of PerturbedAdam / PerturbedSGD against Adam / SGD on the MNIST
-   CNN and WRN-16-4 (target: PerturbedAdam <= 2x Adam).
-2. The PacGen metric (ψ from the optimizer's state) against one epoch of the MNIST CNN on MNIST-1D
-   sized data (60,000 samples of 28x28, batch 128, 469 steps): the metric is recomputed every
-   `update_every` (50) steps, so its cost per epoch is ceil(469/50) computations (target < 1%).
-3. `pacgen_score(estimator="hutchinson")`: seconds per Hessian-vector product relative to one
+1. The PacGen metric (ψ from the optimizer's state) against one epoch of the MNIST CNN on
+   MNIST-sized data (60,000 samples of 28x28, batch 128, 469 steps): the metric is recomputed
+   every `update_every` (50) steps, so its cost per epoch is ceil(469/50) computations (target
+   < 1%). Training steps and ψ are timed one at a time, interleaved, medians of 60 each.
+2. `pacgen_score(estimator="hutchinson")`: seconds per Hessian-vector product relative to one
    gradient, as the score reports it.
+
+(The optimizers' memory is measured by benchmarks/step_time.py.)
 """
 
 from __future__ import annotations
@@ -18,40 +19,17 @@ import json
 import math
 import os
 import statistics
-import sys
 import time
 import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_pacgen as kp  # noqa: E402
-from benchmarks.step_time import stepper  # noqa: E402
 from keras_pacgen import models  # noqa: E402
-
-
-def optimizer_bytes(opt) -> int:
-    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in opt.variables)
-
-
-def memory_rows():
-    rows = []
-    for name, make in (("mnist_cnn", models.mnist_cnn), ("wrn16_4", lambda: models.wide_resnet(16, 4))):
-        model = make()
-        for plain, perturbed in ((keras.optimizers.Adam(), kp.PerturbedAdam(seed=0)),
-                                 (keras.optimizers.SGD(momentum=0.9), kp.PerturbedSGD(momentum=0.9, seed=0))):
-            plain.build(model.trainable_variables)
-            perturbed.build(model.trainable_variables)
-            a, b = optimizer_bytes(plain), optimizer_bytes(perturbed)
-            rows.append({"model": name, "params": model.count_params(), "optimizer": type(plain).__name__,
-                         "plain_bytes": a, "perturbed_bytes": b, "ratio": round(b / a, 4)})
-            print(f"{name:10s} {type(plain).__name__:5s} {a:>12,d} B   Perturbed{type(plain).__name__}: "
-                  f"{b:>12,d} B   ratio {b / a:.4f}", flush=True)
-    return rows
 
 
 def metric_cost():
@@ -66,7 +44,13 @@ def metric_cost():
     ds = tf.data.Dataset.from_tensors((x, y)).repeat()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        step_once = stepper(model, ds, [kp.PerturbationCallback()])
+        model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0)  # trace and warm up
+    iterator = iter(ds)
+
+    def step_once():
+        t = time.perf_counter()
+        model.train_function(iterator)
+        return time.perf_counter() - t
     compute = tf.function(lambda: kp.psi_from_optimizer(model))
     compute()
 
@@ -78,7 +62,7 @@ def metric_cost():
     # interleaved, one at a time, medians (as benchmarks/step_time.py, for the same reason)
     steps, times = [], []
     for _ in range(60):
-        steps.append(step_once()[0])
+        steps.append(step_once())
         times.append(psi_once())
     step, psi_seconds = statistics.median(steps), statistics.median(times)
     epoch_steps = math.ceil(60000 / 128)
@@ -110,7 +94,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
-    result = {"memory": memory_rows(), "metric": metric_cost(), "hutchinson": hvp_cost()}
+    result = {"metric": metric_cost(), "hutchinson": hvp_cost()}
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "overheads.json"), "w") as f:
         json.dump(result, f, indent=2)

@@ -2,6 +2,9 @@
 
     python benchmarks/step_time.py [--models mnist_cnn,wrn16_4] [--rounds 0] [--out benchmarks/results]
 
+Also the optimizer's memory: the bytes of ``optimizer.variables`` of each configuration, and their
+ratio to the plain optimizer's (target: PerturbedAdam <= 1.75x Adam).
+
 One process; all configurations are built and warmed up first (compilation excluded, one short
 `fit` each), then their training steps are timed one at a time and interleaved: each round runs
 `--steps` steps of every configuration, one step at a time in rotating order, calling the model's
@@ -26,39 +29,35 @@ import json
 import os
 import platform
 import statistics
-import sys
 import time
 import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 import keras_pacgen as kp  # noqa: E402
-from benchmarks.sam import SAM  # noqa: E402
 from keras_pacgen import models  # noqa: E402
-from keras_pacgen.callbacks import perturbed_optimizers  # noqa: E402
+from keras_pacgen.training import make_optimizer  # noqa: E402
 
 MODELS = {
     "mnist_cnn": (lambda: models.mnist_cnn(), (28, 28, 1), 10),
     "wrn16_4": (lambda: models.wide_resnet(16, 4, input_shape=(32, 32, 3)), (32, 32, 3), 10),
 }
-ADAM = dict(learning_rate=1e-3)
-SGD = dict(learning_rate=0.01, momentum=0.9)
 PERTURBATION = dict(gamma=1.0, seed=0)
+# configuration -> (registry name, arguments); the registry's defaults otherwise
 OPTIMIZERS = {
-    "adam": lambda: keras.optimizers.Adam(**ADAM),
-    "perturbed_adam": lambda: kp.PerturbedAdam(**ADAM, **PERTURBATION),
-    "sgd": lambda: keras.optimizers.SGD(**SGD),
-    "perturbed_sgd": lambda: kp.PerturbedSGD(**SGD, **PERTURBATION),
+    "adam": ("adam", {}),
+    "perturbed_adam": ("perturbed_adam", PERTURBATION),
+    "sgd": ("sgd", {}),
+    "perturbed_sgd": ("perturbed_sgd", PERTURBATION),
     # Without the non-finite guard: the cost of Algorithm 1 alone (plain Adam and SGD do not check
-    # their gradients either); the guard waits for every gradient before any variable is updated.
-    "perturbed_adam_unguarded": lambda: kp.PerturbedAdam(**ADAM, **PERTURBATION, skip_nonfinite=False),
-    "perturbed_sgd_unguarded": lambda: kp.PerturbedSGD(**SGD, **PERTURBATION, skip_nonfinite=False),
-    "sam_adam": lambda: keras.optimizers.Adam(**ADAM),
+    # their gradients either).
+    "perturbed_adam_unguarded": ("perturbed_adam", {**PERTURBATION, "skip_nonfinite": False}),
+    "perturbed_sgd_unguarded": ("perturbed_sgd", {**PERTURBATION, "skip_nonfinite": False}),
+    "sam_adam": ("sam_adam", {}),
 }
 BASELINE = {"perturbed_adam": "adam", "perturbed_sgd": "sgd", "sam_adam": "adam", "adam": "adam", "sgd": "sgd",
             "perturbed_adam_unguarded": "adam", "perturbed_sgd_unguarded": "sgd"}
@@ -68,9 +67,10 @@ def build(model_name, opt_name, jit, batch):
     make, shape, classes = MODELS[model_name]
     keras.utils.set_random_seed(0)
     model = make()
-    if opt_name.startswith("sam"):
-        model = SAM(model)
-    model.compile(optimizer=OPTIMIZERS[opt_name](),
+    name, args = OPTIMIZERS[opt_name]
+    if name.startswith("sam_"):
+        model = kp.SharpnessAwareMinimization(model)
+    model.compile(optimizer=make_optimizer(name, **args),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), jit_compile=jit)
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, *shape)).astype("float32")
@@ -85,7 +85,7 @@ def stepper(model, ds, cbs):
     (wall seconds, process CPU seconds)."""
     model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0, callbacks=cbs)  # trace, compile
     train_function, iterator = model.train_function, iter(ds)
-    for optimizer in perturbed_optimizers(model.optimizer):
+    for optimizer in kp.perturbed_optimizers(model.optimizer):
         optimizer.apply_perturbation()  # as PerturbationCallback does at the first batch
 
     def step():
@@ -96,6 +96,11 @@ def stepper(model, ds, cbs):
     for _ in range(3):  # the iterator's own trace, then steady state
         step()
     return step
+
+
+def optimizer_bytes(optimizer) -> int:
+    """Bytes of the optimizer's variables (for SAM's wrapper: its optimizer's)."""
+    return sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in optimizer.variables)
 
 
 def paired_ratio(rounds, baseline_rounds, *, resamples=2000, seed=0):
@@ -155,6 +160,7 @@ def main(argv=None):
         rounds = args.rounds or (20 if mnist else 10)
         steps = args.steps or (10 if mnist else 3)
         times = time_rounds({key: stepper(*config) for key, config in configs.items()}, rounds, steps)
+        memory = {key: optimizer_bytes(config[0].optimizer) for key, config in configs.items()}
         for (opt, jit), per_round in times.items():
             base = times[(BASELINE[opt], jit)]
             ratio, low, high = paired_column_ratio(per_round, base, 0)
@@ -165,10 +171,12 @@ def main(argv=None):
                          "ms_per_step": round(1000 * median, 2), "ratio": round(ratio, 3),
                          "ratio_ci95_low": round(low, 3), "ratio_ci95_high": round(high, 3),
                          "cpu_ms_per_step": round(1000 * cpu_median, 2), "cpu_ratio": round(cpu_ratio, 3),
+                         "optimizer_bytes": memory[(opt, jit)],
+                         "memory_ratio": round(memory[(opt, jit)] / memory[(BASELINE[opt], jit)], 3),
                          "rounds": rounds, "steps": steps, "batch": args.batch})
             print(f"{model_name:10s} {opt:24s} jit={str(jit):5s} {1000 * median:9.2f} ms/step  "
                   f"ratio {ratio:.3f} [{low:.3f}, {high:.3f}]   cpu {1000 * cpu_median:9.2f} ms/step  "
-                  f"ratio {cpu_ratio:.3f}", flush=True)
+                  f"ratio {cpu_ratio:.3f}   memory {rows[-1]['memory_ratio']:.3f}", flush=True)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}, Keras {keras.__version__}"
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "step_time.json"), "w") as f:
@@ -177,12 +185,13 @@ def main(argv=None):
         f.write(",".join(rows[0]) + "\n")
         for row in rows:
             f.write(",".join(str(v) for v in row.values()) + "\n")
-    print("\n| model | optimizer | jit_compile | wall ms/step | wall ratio [95% interval] | CPU ms/step | CPU ratio |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| model | optimizer | jit_compile | wall ms/step | wall ratio [95% interval] | CPU ms/step "
+          "| CPU ratio | memory ratio |")
+    print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print(f"| {row['model']} | {row['optimizer']} | {row['jit_compile']} | {row['ms_per_step']} | "
               f"{row['ratio']:.3f} [{row['ratio_ci95_low']:.3f}, {row['ratio_ci95_high']:.3f}] | "
-              f"{row['cpu_ms_per_step']} | {row['cpu_ratio']:.3f} |")
+              f"{row['cpu_ms_per_step']} | {row['cpu_ratio']:.3f} | {row['memory_ratio']:.3f} |")
     print(f"\nmachine: {machine}")
     return rows
 

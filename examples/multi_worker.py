@@ -52,7 +52,7 @@ def worker(index: int, ports: list[int], epochs: int) -> dict:
     dist_ds = strategy.experimental_distribute_dataset(ds)
     with strategy.scope():
         keras.utils.set_random_seed(0)
-        model = models.mnist1d_cnn()
+        model = models.conv_net()
         optimizer = kp.PerturbedAdam(learning_rate=3e-3, gamma=1.0, seed=0, steps_per_epoch=16)
         optimizer.build(model.trainable_variables)
         loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")

@@ -19,18 +19,13 @@ tests); --methods picks a subset.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
-import sys
-import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import keras  # noqa: E402
-from experiment import write_json, write_rows  # noqa: E402
 
 import keras_pacgen as kp  # noqa: E402
-from keras_pacgen import datasets, models  # noqa: E402
+from keras_pacgen import datasets, reporting, training  # noqa: E402
 
 PAPER = {
     "cifar10": dict(opt="adam", lr=1e-4, batch=128, eta=0.01, gamma=10.0, dropouts=(0.0, 0.1, 0.3, 0.5)),
@@ -39,24 +34,20 @@ PAPER = {
 }
 
 
-def methods(dataset):
+def methods(dataset) -> dict[str, tuple[float, bool]]:
+    """name -> (dropout, perturbed): PertOPT without dropout, the plain optimizer at each rate."""
     p = PAPER[dataset]
-    out = {"perturbed": (0.0, True)}
-    out.update({f"dropout_{d}": (d, False) for d in p["dropouts"]})
-    return out
+    return {"perturbed": (0.0, True), **{f"dropout_{d}": (d, False) for d in p["dropouts"]}}
 
 
-def optimizer(dataset, perturbed, seed, steps_per_epoch):
-    p = PAPER[dataset]
-    if p["opt"] == "adam":
-        if perturbed:
-            return kp.PerturbedAdam(learning_rate=p["lr"], eta=p["eta"], gamma=p["gamma"], kappa_epsilon=1e-5,
-                                    seed=seed, steps_per_epoch=steps_per_epoch)
-        return keras.optimizers.Adam(learning_rate=p["lr"])
-    if perturbed:
-        return kp.PerturbedSGD(learning_rate=p["lr"], eta=p["eta"], gamma=p["gamma"], kappa_epsilon=1e-5,
-                               seed=seed, steps_per_epoch=steps_per_epoch)
-    return keras.optimizers.SGD(learning_rate=p["lr"])
+def config(args, dropout: float, perturbed: bool) -> training.RunConfig:
+    p = PAPER[args.dataset]
+    return training.RunConfig(
+        dataset=args.dataset, model="wide_resnet", depth=args.depth, width=args.width,
+        dropout=dropout, optimizer=("perturbed_" if perturbed else "") + p["opt"],
+        learning_rate=p["lr"], momentum=0.0 if p["opt"] == "sgd" else None, batch_size=p["batch"],
+        epochs=args.epochs, eta=p["eta"], gamma=p["gamma"], kappa_epsilon=1e-5, seed=args.seed,
+    )
 
 
 def main(argv=None):
@@ -76,35 +67,30 @@ def main(argv=None):
     out = args.out or os.path.join("results", args.dataset)
     data = datasets.load(args.dataset, batch_size=p["batch"], seed=args.seed, data_dir=args.data_dir,
                          download=args.download)
-    steps = args.steps or -(-data.num_train // p["batch"])
+    if args.steps:
+        data = dataclasses.replace(data, train=data.train.take(args.steps),
+                                   test=data.test.take(args.steps), num_train=args.steps * p["batch"])
     chosen = methods(args.dataset)
     if args.methods:
         chosen = {k: v for k, v in chosen.items() if k in args.methods.split(",")}
     os.makedirs(out, exist_ok=True)
     rows, summary = [], {}
     for name, (dropout, perturbed) in chosen.items():
-        keras.utils.set_random_seed(args.seed)
-        model = models.wide_resnet(args.depth, args.width, dropout=dropout, num_classes=data.num_classes,
-                                   input_shape=data.input_shape)
-        model.compile(optimizer=optimizer(args.dataset, perturbed, args.seed, steps),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
-        train = data.train.take(steps) if args.steps else data.train
-        test = data.test.take(max(1, args.steps or 0)) if args.steps else data.test
-        cb = kp.PacGenCallback(train, test, train_batches=min(10, steps))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            history = model.fit(train, validation_data=test, epochs=args.epochs, verbose=2 if not args.steps else 0,
-                                callbacks=[cb, keras.callbacks.CSVLogger(os.path.join(out, f"{name}.csv"))])
-        for epoch in range(args.epochs):
+        callback = kp.PacGenCallback(data.train, data.test, train_batches=10)
+        result = training.run(config(args, dropout, perturbed), data=data, callbacks=[callback],
+                              validation=True, verbose=0 if args.steps else 2)
+        history = result.history
+        for epoch in range(result.epochs):
             rows.append({"method": name, "epoch": epoch + 1,
-                         **{k: float(v[epoch]) for k, v in history.history.items()}})
-        summary[name] = {"final_val_accuracy": float(history.history["val_accuracy"][-1]),
-                         "best_val_accuracy": float(max(history.history["val_accuracy"])),
-                         "final_train_accuracy": float(history.history["accuracy"][-1])}
+                         **{k: float(v[epoch]) for k, v in history.items()}})
+        summary[name] = {"final_val_accuracy": float(history["val_accuracy"][-1]),
+                         "best_val_accuracy": float(max(history["val_accuracy"])),
+                         "final_train_accuracy": float(history["accuracy"][-1])}
         print(f"{args.dataset} {name}: {summary[name]}", flush=True)
-    write_rows(os.path.join(out, "curves.csv"), rows)
-    write_json(os.path.join(out, "summary.json"), {"dataset": args.dataset, "settings": PAPER[args.dataset],
-                                                   "epochs": args.epochs, "summary": summary})
+    reporting.write_csv(os.path.join(out, "curves.csv"), rows)
+    reporting.write_json(os.path.join(out, "summary.json"), {
+        "dataset": args.dataset, "settings": PAPER[args.dataset], "epochs": args.epochs,
+        "summary": summary})
     plot(rows, os.path.join(out, "accuracy.png"), args.dataset)
     return summary
 
@@ -125,9 +111,7 @@ def plot(rows, path, title):
     ax.set_ylabel("accuracy")
     ax.set_title(title)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    reporting.save_figure(fig, path)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,12 @@ from keras_pacgen._backend import require_tensorflow_backend
 require_tensorflow_backend()
 
 from keras_pacgen.callbacks import PacGenCallback, PerturbationCallback  # noqa: E402
+from keras_pacgen.measures import PacGenScore, pacgen_score  # noqa: E402
 from keras_pacgen.metrics import PacGen, optimizer_estimates, psi_from_optimizer  # noqa: E402
 from keras_pacgen.optimizers import PerturbedAdam, PerturbedSGD, perturb, perturbed  # noqa: E402
 from keras_pacgen.pacgen import optimal_sigma, pac_bayes_bound, psi, psi_terms  # noqa: E402
 from keras_pacgen.perturbation import PerturbationMixin, perturbed_optimizers  # noqa: E402
-from keras_pacgen.scoring import PacGenScore, pacgen_score  # noqa: E402
+from keras_pacgen.sam import SharpnessAwareMinimization  # noqa: E402
 
 __version__ = "0.1.0"
 
@@ -29,6 +30,7 @@ __all__ = [
     "PerturbationMixin",
     "PerturbedAdam",
     "PerturbedSGD",
+    "SharpnessAwareMinimization",
     "optimal_sigma",
     "optimizer_estimates",
     "pac_bayes_bound",

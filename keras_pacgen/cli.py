@@ -1,4 +1,5 @@
-"""The ``pacgen`` command: ``pacgen train`` (the main job) and ``pacgen score PATH``."""
+"""The ``pacgen`` command: ``pacgen train`` (the main job), ``pacgen score PATH`` and
+``pacgen measure PATH``."""
 
 from __future__ import annotations
 
@@ -7,25 +8,15 @@ import json
 import math
 import os
 import sys
-import time
 import warnings
 
-OPTIMIZERS = ("perturbed_adam", "adam", "perturbed_sgd", "sgd")
-DEFAULT_LR = {"perturbed_adam": 1e-3, "adam": 1e-3, "perturbed_sgd": 0.05, "sgd": 0.05}
-DEFAULT_MODEL = {
-    "mnist1d": "mnist1d_cnn",
-    "digits": "mnist_cnn",
-    "mnist": "mnist_cnn",
-    "cifar10": "wide_resnet",
-    "cifar100": "wide_resnet",
-    "tiny_imagenet": "wide_resnet",
-}
+
+class UsageError(Exception):
+    """A bad argument that argparse could not catch: printed, exit status 2."""
 
 
-def _number(kind, low=None, high=None, low_open=False, allow_none=False):
+def _number(kind, low=None, high=None, low_open=False):
     def parse(text):
-        if allow_none and text.lower() == "none":
-            return None
         try:
             value = kind(text)
         except ValueError:
@@ -44,12 +35,14 @@ def _number(kind, low=None, high=None, low_open=False, allow_none=False):
 
 def build_parser() -> argparse.ArgumentParser:
     from keras_pacgen.datasets import NAMES
+    from keras_pacgen.measures import ESTIMATORS, MEASURES
     from keras_pacgen.models import MODELS
+    from keras_pacgen.training import NAMES as OPTIMIZERS
 
     parser = argparse.ArgumentParser(
         prog="pacgen",
-        description="Train with perturbed optimizers (PertOPT) and track the generalization gap "
-        "and the pacGen metric ψ (Wang et al., AISTATS 2020).",
+        description="Train with perturbed optimizers (PertOPT), track the generalization gap and "
+        "the pacGen metric ψ (Wang et al., AISTATS 2020), and measure trained models.",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a model, log gap and ψ, plot, export a SavedModel")
@@ -57,19 +50,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dataset (mnist1d and digits work offline; default mnist1d)")
     train.add_argument("--model", choices=("auto", *MODELS), default="auto",
                        help="network; auto picks the paper's network for the dataset")
-    train.add_argument("--depth", type=_number(int, 10), default=16, help="Wide ResNet depth (6n+4)")
-    train.add_argument("--width", type=_number(int, 1), default=4, help="Wide ResNet widen factor")
+    train.add_argument("--depth", type=_number(int, 1), default=None,
+                       help="depth (Wide ResNet: 6n+4, default 16; conv_net: convolutions, default 3)")
+    train.add_argument("--width", type=_number(int, 1), default=None,
+                       help="width (Wide ResNet widen factor, default 4; conv_net filters, default 32)")
     train.add_argument("--optimizer", choices=OPTIMIZERS, default="perturbed_adam")
     train.add_argument("--dropout", type=_number(float, 0.0, 1.0), default=0.0)
     train.add_argument("--epochs", type=_number(int, 1), default=30)
     train.add_argument("--batch-size", type=_number(int, 1), default=64)
     train.add_argument("--learning-rate", type=_number(float, 0.0, low_open=True), default=None,
-                       help="default 1e-3 for Adam, 0.05 for SGD")
+                       help="default 1e-3 for Adam, 0.05 for SGD (momentum 0.9)")
+    train.add_argument("--weight-decay", type=_number(float, 0.0), default=None)
     train.add_argument("--eta", type=_number(float, 0.0, low_open=True), default=0.01, help="η (> 0)")
     train.add_argument("--gamma", type=_number(float, 0.0), default=0.1, help="γ (>= 0)")
     train.add_argument("--kappa-epsilon", type=_number(float, 0.0, low_open=True), default=1e-5,
                        help="ε of κ (> 0)")
     train.add_argument("--grad-threshold", type=_number(float, 0.0), default=0.1, help="β2 (>= 0)")
+    train.add_argument("--rho", type=_number(float, 0.0, low_open=True), default=0.05,
+                       help="SAM's ρ (sam_adam, sam_sgd)")
     train.add_argument("--augment", choices=("auto", "on", "off"), default="auto")
     train.add_argument("--seed", type=_number(int, 0), default=0)
     train.add_argument("--every", type=_number(int, 1), default=1, help="measure gap and ψ every N epochs")
@@ -80,102 +78,83 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", default=None, help="TFDS data directory")
     train.add_argument("--verbose", type=_number(int, 0), default=1)
 
-    score = sub.add_parser("score", help="print ψ and its parts for a saved model")
-    score.add_argument("path", help="a .keras file or an exported SavedModel folder")
-    score.add_argument("--dataset", choices=NAMES, required=True)
-    score.add_argument("--estimator", choices=("squared_gradients", "hutchinson"), default="squared_gradients")
-    score.add_argument("--max-batches", type=_number(int, 1), default=10)
-    score.add_argument("--batch-size", type=_number(int, 1), default=128)
-    score.add_argument("--data-dir", default=None)
+    for name, help_text in (("score", "print ψ and its parts for a saved model"),
+                            ("measure", "print and save the generalization measures of a saved model")):
+        command = sub.add_parser(name, help=help_text)
+        command.add_argument("path", help="a .keras file or an exported SavedModel folder")
+        command.add_argument("--dataset", choices=NAMES, required=True)
+        command.add_argument("--max-batches", type=_number(int, 1), default=10)
+        command.add_argument("--batch-size", type=_number(int, 1), default=128)
+        command.add_argument("--data-dir", default=None)
+        command.add_argument("--seed", type=_number(int, 0), default=0)
+        if name == "score":
+            command.add_argument("--estimator", choices=ESTIMATORS, default="squared_gradients")
+        else:
+            command.add_argument("--measures", default=None,
+                                 help=f"comma-separated, of: {', '.join(MEASURES)} (default: all "
+                                 "but distance_from_init)")
+            command.add_argument("--out", default=None, help="JSON file (default <path>.measures.json)")
     return parser
-
-
-def _optimizer(args, steps_per_epoch):
-    import keras
-
-    import keras_pacgen as kp
-
-    lr = args.learning_rate or DEFAULT_LR[args.optimizer]
-    pert = dict(eta=args.eta, gamma=args.gamma, kappa_epsilon=args.kappa_epsilon,
-                grad_threshold=args.grad_threshold, seed=args.seed, steps_per_epoch=steps_per_epoch)
-    return {
-        "perturbed_adam": lambda: kp.PerturbedAdam(learning_rate=lr, **pert),
-        "adam": lambda: keras.optimizers.Adam(learning_rate=lr),
-        "perturbed_sgd": lambda: kp.PerturbedSGD(learning_rate=lr, momentum=0.9, **pert),
-        "sgd": lambda: keras.optimizers.SGD(learning_rate=lr, momentum=0.9),
-    }[args.optimizer]()
 
 
 def train(args) -> dict:
     import keras
 
     import keras_pacgen as kp
-    from keras_pacgen import datasets, models
+    from keras_pacgen import datasets, models, training
 
-    keras.utils.set_random_seed(args.seed)
+    model_name = models.default_for(args.dataset) if args.model == "auto" else args.model
+    if model_name == "wide_resnet":  # WRN-16-4 unless told otherwise
+        args.depth, args.width = args.depth or 16, args.width or 4
+    config = training.RunConfig(
+        dataset=args.dataset, model=args.model, width=args.width, depth=args.depth,
+        dropout=args.dropout, optimizer=args.optimizer, learning_rate=args.learning_rate,
+        weight_decay=args.weight_decay, batch_size=args.batch_size, epochs=args.epochs,
+        eta=args.eta, gamma=args.gamma, kappa_epsilon=args.kappa_epsilon,
+        grad_threshold=args.grad_threshold, rho=args.rho, seed=args.seed, jit_compile=args.jit,
+    )
     augment = None if args.augment == "auto" else args.augment == "on"
     data = datasets.load(args.dataset, batch_size=args.batch_size, augment=augment, seed=args.seed,
                          data_dir=args.data_dir)
-    model_name = DEFAULT_MODEL[args.dataset] if args.model == "auto" else args.model
-    extra = {"depth": args.depth, "width": args.width} if model_name == "wide_resnet" else {}
-    model = models.build(model_name, input_shape=data.input_shape, num_classes=data.num_classes,
-                         dropout=args.dropout, **extra)
-    run = f"{args.dataset}_{model_name}_{args.optimizer}_seed{args.seed}"
-    out = os.path.abspath(args.out or os.path.join("runs", run))
+    run_name = f"{args.dataset}_{model_name}_{args.optimizer}_seed{args.seed}"
+    out = os.path.abspath(args.out or os.path.join("runs", run_name))
     os.makedirs(out, exist_ok=True)
-    steps = math.ceil(data.num_train / args.batch_size)
-    model.compile(
-        optimizer=_optimizer(args, steps),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-        jit_compile=bool(args.jit),
-    )
     pacgen = kp.PacGenCallback(
         data.train, data.test, every=args.every, train_batches=max(1, 2048 // args.batch_size),
         csv_path=os.path.join(out, "pacgen.csv"),
         tensorboard_dir=os.path.join(out, "tensorboard", "pacgen"),
         plot_path=os.path.join(out, "gap_psi.png"),
     )
-    callbacks = [
-        pacgen,
-        keras.callbacks.CSVLogger(os.path.join(out, "history.csv")),
-        keras.callbacks.TensorBoard(os.path.join(out, "tensorboard")),
-    ]
+    callbacks = [pacgen, keras.callbacks.CSVLogger(os.path.join(out, "history.csv")),
+                 keras.callbacks.TensorBoard(os.path.join(out, "tensorboard"))]
     with open(os.path.join(out, "config.json"), "w") as f:
-        json.dump({**vars(args), "model": model_name, "run": run}, f, indent=2, default=str)
-    print(f"pacgen train: {run}: {model.count_params():,} parameters, {data.num_train} training "
-          f"samples, {args.epochs} epochs")
-    start = time.time()
-    model.fit(data.train, validation_data=data.test, epochs=args.epochs, callbacks=callbacks,
-              verbose=args.verbose, shuffle=False)  # the pipeline shuffles, seeded
-    seconds = time.time() - start
+        json.dump({**vars(args), "model": model_name, "run": run_name}, f, indent=2, default=str)
+    print(f"pacgen train: {run_name}: {data.num_train} training samples, {args.epochs} epochs")
+    result = training.run(config, data=data, callbacks=callbacks, validation=True,
+                          verbose=args.verbose)
     final = pacgen.rows[-1]
-    test_metrics = model.evaluate(data.test, verbose=0, return_dict=True)
-    summary = {
-        "run": run,
-        "seconds": round(seconds, 1),
-        "test_accuracy": float(test_metrics["accuracy"]),
-        **{k: final[k] for k in ("clean_train_loss", "clean_test_loss", "gen_gap", "pacgen")},
-        "out": out,
-    }
+    summary = {"run": run_name, "seconds": round(result.seconds, 1),
+               "test_accuracy": result.test_accuracy,
+               **{k: final[k] for k in ("clean_train_loss", "clean_test_loss", "gen_gap", "pacgen")},
+               "out": out}
     model_path = os.path.join(out, "model.keras")
-    model.save(model_path)
+    result.model.save(model_path)
     export = None
     if (args.export or "").lower() != "none":
-        export = os.path.abspath(args.export or os.path.join("saved_models", run))
-        model.export(export, verbose=False)
+        export = os.path.abspath(args.export or os.path.join("saved_models", run_name))
+        result.model.export(export, verbose=False)
     summary["export"] = export
     with open(os.path.join(out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    print(f"\nTrained in {seconds:.0f} s: test accuracy {summary['test_accuracy']:.4f}, clean gap "
-          f"{summary['gen_gap']:.4f}, psi {summary['pacgen']:.2f}")
+    print(f"\nTrained in {result.seconds:.0f} s: test accuracy {summary['test_accuracy']:.4f}, clean "
+          f"gap {summary['gen_gap']:.4f}, psi {summary['pacgen']:.2f}")
     print("Wrote:")
     for label, path in (
         ("gap and psi per epoch (CSV)", os.path.join(out, "pacgen.csv")),
         ("Keras logs per epoch (CSV)", os.path.join(out, "history.csv")),
         ("TensorBoard logs", os.path.join(out, "tensorboard")),
         ("plot of gap and psi", os.path.join(out, "gap_psi.png")),
-        ("Keras model with optimizer state", model_path),
+        ("Keras model", model_path),
         ("summary", os.path.join(out, "summary.json")),
         ("SavedModel (clean weights)", export),
     ):
@@ -184,39 +163,66 @@ def train(args) -> dict:
     return summary
 
 
-def _load_for_scoring(path):
+def _load(args):
+    """The model at `args.path`, compiled with its loss, and the dataset's training split."""
     import keras
 
+    from keras_pacgen import datasets
+
+    path = args.path
     if os.path.isdir(path):
         if not os.path.exists(os.path.join(path, "saved_model.pb")):
-            raise SystemExit(f"pacgen score: {path} is not a SavedModel folder (no saved_model.pb).")
+            raise UsageError(f"{path} is not a SavedModel folder (no saved_model.pb).")
+        model = None
+    elif not path.endswith(".keras") or not os.path.exists(path):
+        raise UsageError(f"{path} is neither a .keras file nor a SavedModel folder.")
+    else:
+        model = keras.models.load_model(path)
+        model = getattr(model, "model", model)  # the network inside a SAM wrapper
+    data = datasets.load(args.dataset, batch_size=args.batch_size, augment=False, shuffle=False,
+                         data_dir=args.data_dir)
+    if model is None:  # an export holds the network only: serve it as a layer
+        inputs = keras.Input(data.input_shape)
         layer = keras.layers.TFSMLayer(path, call_endpoint="serve", trainable=True)
-        return layer, None
-    if not path.endswith(".keras") or not os.path.exists(path):
-        raise SystemExit(f"pacgen score: {path} is neither a .keras file nor a SavedModel folder.")
-    model = keras.models.load_model(path)
-    return model, model.loss
+        model = keras.Model(inputs, layer(inputs))
+    if getattr(model, "loss", None) is None:
+        model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    return model, data
 
 
 def score(args) -> float:
-    import keras
-
     import keras_pacgen as kp
-    from keras_pacgen import datasets
 
-    data = datasets.load(args.dataset, batch_size=args.batch_size, augment=False, shuffle=False,
-                         data_dir=args.data_dir)
-    loaded, loss = _load_for_scoring(args.path)
-    if isinstance(loaded, keras.Model):
-        model = loaded
-    else:
-        inputs = keras.Input(data.input_shape)
-        model = keras.Model(inputs, loaded(inputs))
-    loss = loss or keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    result = kp.pacgen_score(model, data.train, estimator=args.estimator, max_batches=args.max_batches,
-                             loss=loss)
+    model, data = _load(args)
+    result = kp.pacgen_score(model, data.train, estimator=args.estimator,
+                             max_batches=args.max_batches, seed=args.seed)
     print(result.summary())
     return result.psi
+
+
+def measure(args) -> dict:
+    from keras_pacgen import measures
+
+    names = None if args.measures is None else [n.strip() for n in args.measures.split(",") if n.strip()]
+    unknown = [n for n in names or [] if n not in measures.MEASURES]
+    if unknown or names == []:
+        raise UsageError(f"unknown measure(s) {', '.join(unknown) or '(none given)'}; valid: "
+                         f"{', '.join(measures.MEASURES)}")
+    if names and "distance_from_init" in names:
+        raise UsageError("distance_from_init needs the initial weights, which a saved model does "
+                         "not hold; use keras_pacgen.measures.distance_from_init in Python.")
+    model, data = _load(args)
+    subset = data.train.take(args.max_batches)
+    values = measures.compute_all(model, subset, measures=names, seed=args.seed, verbose=1)
+    print(f"\n{'measure':26s} {'value':>14s}")
+    for name, value in values.items():
+        print(f"{name:26s} {value:>14.6g}")
+    out = args.out or f"{args.path.rstrip('/')}.measures.json"
+    with open(out, "w") as f:
+        json.dump({"model": args.path, "dataset": args.dataset, "batches": args.max_batches,
+                   "seed": args.seed, "measures": values}, f, indent=2)
+    print(f"wrote {out}")
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,12 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*PerturbationCallback.*")
-            if args.command == "train":
-                train(args)
-            else:
-                score(args)
+            {"train": train, "score": score, "measure": measure}[args.command](args)
     except DatasetUnavailableError as err:
         print(f"pacgen: {err}", file=sys.stderr)
+        return 2
+    except UsageError as err:
+        print(f"pacgen {args.command}: {err}", file=sys.stderr)
         return 2
     return 0
 

@@ -85,6 +85,24 @@ def digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     return x_tr, y_tr, x_te, y_te
 
 
+def split(arrays, *, validation_split: float = 0.0, train_size: int | None = None):
+    """((x, y) train, (x, y) validation, (x, y) test) from `Data.arrays`: the validation set is
+    carved from the training split (a fixed permutation, the same for every run), then the
+    training set cut to its first `train_size` samples. The test set is never touched."""
+    check.check_float("validation_split", validation_split, low=0.0, high=1.0, high_inclusive=False)
+    check.check_int("train_size", train_size, low=1, allow_none=True)
+    x, y, x_test, y_test = arrays
+    order = np.random.default_rng(0).permutation(len(x))
+    n_val = int(round(validation_split * len(x)))
+    val, train = order[:n_val], order[n_val:]
+    if train_size is not None:
+        if train_size > len(train):
+            raise ValueError(f"`train_size` must be at most {len(train)} (the training samples "
+                             f"left after the validation split). Received: train_size={train_size}")
+        train = train[:train_size]
+    return (x[train], y[train]), (x[val], y[val]), (x_test, y_test)
+
+
 def _from_arrays(x, y, batch_size, shuffle, seed, drop_remainder=False):
     ds = tf.data.Dataset.from_tensor_slices((x, y))
     if shuffle:

@@ -90,22 +90,34 @@ def mnist_cnn(
     return model
 
 
-def mnist1d_cnn(
-    dropout: float = 0.0, num_classes: int = 10, input_shape: tuple[int, ...] = (40,), width: int = 32
+def conv_net(
+    dropout: float = 0.0,
+    num_classes: int = 10,
+    input_shape: tuple[int, ...] = (40,),
+    width: int = 32,
+    depth: int = 3,
 ) -> keras.Model:
-    """A small Conv1D network for MNIST-1D (40 features): 3 conv layers, dense head.
+    """A small convolutional network, the MNIST-style network of the paper's Figs. 4-5 with a
+    width and a depth to vary: `depth` convolutions of `width` filters (ReLU, "same" padding), then
+    flatten, (dropout) and a dense layer to the logits.
 
-    The MNIST-style network of the paper's Figs. 4-5 for one-dimensional signals: conv
-    width@5 (stride 2) → conv width@3 → conv width@3 → flatten → (dropout) → dense 10, ReLU.
+    For 1-D inputs (MNIST-1D's 40 features) the convolutions are 1-D, the first of size 5 with
+    stride 2, the others of size 3; for images (height, width, channels) they are 3×3.
     """
     dropout = check.check_float("dropout", dropout, low=0.0, high=1.0, high_inclusive=False)
     width = check.check_int("width", width, low=1)
-    model = keras.Sequential(name="mnist1d_cnn")
+    depth = check.check_int("depth", depth, low=1)
+    one_d = len(input_shape) == 1
+    model = keras.Sequential(name="conv_net")
     model.add(keras.Input(input_shape))
-    model.add(layers.Reshape((input_shape[0], 1)))
-    model.add(layers.Conv1D(width, 5, strides=2, padding="same", activation="relu"))
-    model.add(layers.Conv1D(width, 3, padding="same", activation="relu"))
-    model.add(layers.Conv1D(width, 3, padding="same", activation="relu"))
+    if one_d:
+        model.add(layers.Reshape((input_shape[0], 1)))
+    for k in range(depth):
+        if one_d:
+            model.add(layers.Conv1D(width, 5 if k == 0 else 3, strides=2 if k == 0 else 1,
+                                    padding="same", activation="relu"))
+        else:
+            model.add(layers.Conv2D(width, 3, padding="same", activation="relu"))
     model.add(layers.Flatten())
     if dropout:
         model.add(layers.Dropout(dropout))
@@ -174,11 +186,20 @@ def toy_model(w1: float = 0.0, w2: float = 0.0, **kwargs) -> keras.Model:
 
 
 MODELS = {
-    "mnist1d_cnn": mnist1d_cnn,
+    "conv_net": conv_net,
     "mnist_cnn": mnist_cnn,
     "mlp": mlp,
     "wide_resnet": wide_resnet,
 }
+
+
+_DEFAULTS = {"mnist1d": "conv_net", "digits": "mnist_cnn", "mnist": "mnist_cnn",
+             "cifar10": "wide_resnet", "cifar100": "wide_resnet", "tiny_imagenet": "wide_resnet"}
+
+
+def default_for(dataset: str) -> str:
+    """The network of the paper (or its stand-in) for `dataset`."""
+    return _DEFAULTS[dataset]
 
 
 def build(name: str, *, input_shape, num_classes: int, dropout: float = 0.0, **kwargs) -> keras.Model:

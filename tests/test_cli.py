@@ -56,6 +56,27 @@ def test_score_command_on_the_export_and_the_keras_file(run, capsys):
         assert "pacGen psi" in printed and "kappa term" in printed
 
 
+def test_measure_command_prints_and_saves_the_measures_of_either_format(run, capsys, tmp_path):
+    """The export holds the clean weights of the .keras file: the same measures, to the digit."""
+    out, export = run
+    results = []
+    for k, path in enumerate((str(export), str(out / "model.keras"))):
+        json_path = tmp_path / f"m{k}.json"
+        assert cli.main(["measure", path, "--dataset", "mnist1d", "--max-batches", "2", "--measures",
+                         "pacgen,sharpness,weight_norm,top_hessian_eigenvalue",
+                         "--out", str(json_path)]) == 0
+        printed = capsys.readouterr().out
+        saved = json.loads(json_path.read_text())["measures"]
+        assert list(saved) == ["pacgen", "sharpness", "weight_norm", "top_hessian_eigenvalue"]
+        assert all(name in printed for name in saved) and all(np.isfinite(list(saved.values())))
+        results.append(saved)
+    for name in results[0]:
+        assert results[0][name] == pytest.approx(results[1][name], rel=1e-5), name
+    assert cli.main(["measure", str(export), "--dataset", "mnist1d", "--measures", "sharpnes"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown measure(s) sharpnes" in err and "valid: pacgen," in err
+
+
 @pytest.mark.parametrize(
     "argv, expected",
     [
@@ -65,6 +86,7 @@ def test_score_command_on_the_export_and_the_keras_file(run, capsys):
         (["train", "--epochs", "0"], "must be >= 1"),
         (["train", "--gamma", "nan"], "must be finite"),
         (["score", "x.keras"], "--dataset"),
+        (["measure", "x.keras", "--dataset", "mnist"+"2d"], "invalid choice"),
     ],
 )
 def test_bad_flags_give_usage_errors(argv, expected, capsys):

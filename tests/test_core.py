@@ -83,3 +83,39 @@ def test_modules_stay_small():
     for path, text in _sources().items():
         assert len(text.splitlines()) <= 400, path
     assert len((PACKAGE / "perturbation" / "mixin.py").read_text().splitlines()) < 250
+
+
+def test_perturbed_weights_are_the_same_bits_with_and_without_xla():
+    """σ on bfloat16 values and r on a 16-bit grid make u = σ·r exact, so w + u rounds once:
+    the step (compiled or not) and a re-application outside XLA agree bit for bit."""
+    from keras_pacgen.perturbation import formulas
+
+    rng = np.random.default_rng(0)
+    w = tf.constant(rng.normal(size=(300, 17)).astype("float32") * 3)
+    sigma = tf.cast(tf.constant(np.abs(rng.normal(size=(300, 17))).astype("float32")), tf.bfloat16)
+
+    def draw(w, sigma, step):
+        return formulas.perturbed_weights(w, sigma, seed=7, step=step, index=3)
+
+    step = tf.constant(12, tf.int64)
+    eager = draw(w, sigma, step).numpy()
+    np.testing.assert_array_equal(eager, tf.function(draw, jit_compile=True)(w, sigma, step).numpy())
+    np.testing.assert_array_equal(eager, tf.function(draw)(w, sigma, step).numpy())
+    assert not np.array_equal(eager, w.numpy())
+
+
+def test_reapplying_after_an_xla_step_gives_the_perturbed_weights_back_bit_for_bit():
+    from conftest import LOSS, small_model, toy_data
+
+    x, y = toy_data()
+    model = small_model()
+    opt = kp.PerturbedAdam(learning_rate=1e-2, eta=0.01, gamma=1.0, grad_threshold=10.0, seed=3)
+    model.compile(optimizer=opt, loss=LOSS, jit_compile=True)
+    model.train_on_batch(x[:32], y[:32])
+    model.train_on_batch(x[32:64], y[32:64])
+    drawn = [v.numpy() for v in model.trainable_variables]
+    opt.remove_perturbation()
+    assert any(not np.array_equal(a, v.numpy()) for a, v in zip(drawn, model.trainable_variables))
+    opt.apply_perturbation()
+    for a, v in zip(drawn, model.trainable_variables):
+        np.testing.assert_array_equal(a, v.numpy())

@@ -1,23 +1,31 @@
-"""The experiment scripts run end to end on tiny settings (the real runs are in the README)."""
+"""The study and example scripts run end to end on tiny settings (the real runs are in the README)."""
 
+import csv
+import importlib.util
 import json
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from keras_pacgen import measures
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
-sys.path.insert(0, str(ROOT))
+
+
+def script(relative: str):
+    """A script of the repository, imported as a module (scripts are not a package)."""
+    path = ROOT / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "tiny_imagenet"])
 def test_paper_image_classification_runs_a_few_steps_on_mock_data(dataset, tmp_path):
-    import paper_image_classification as paper
-
+    paper = script("examples/paper_image_classification.py")
     with tfds.testing.mock_data(num_examples=16):
         summary = paper.main(["--dataset", dataset, "--epochs", "1", "--steps", "2", "--depth", "10",
                               "--width", "1", "--no-download", "--methods", "perturbed,dropout_0.1",
@@ -28,28 +36,50 @@ def test_paper_image_classification_runs_a_few_steps_on_mock_data(dataset, tmp_p
     assert saved["settings"]["gamma"] == (1.0 if dataset == "tiny_imagenet" else 10.0)
 
 
-def test_sweep_writes_curves_runs_and_plot(tmp_path):
-    import sweep
+def test_measures_study_quick_writes_its_files(tmp_path):
+    study = script("examples/measures_study.py")
+    kendall = study.main(["--quick", "--out", str(tmp_path)])
+    rows = list(csv.DictReader(open(tmp_path / "runs.csv")))
+    assert len(rows) == 3
+    hyperparameters = list(study.HYPERPARAMETERS)
+    for column in ("dataset", *hyperparameters, "seed", "steps", "converged", "train_loss",
+                   "test_loss", "gap", "psi", "psi_hutchinson", "psi_per_parameter",
+                   "pac_bayes_bound", "sharpness", "distance_from_init", "spectral_norm_product"):
+        assert column in rows[0], column
+    # every converged network stopped at the criterion: clean training cross-entropy <= 0.01
+    assert all(float(r["train_loss"]) <= 0.01 for r in rows if r["converged"] == "True")
+    saved = json.loads((tmp_path / "kendall.json").read_text())
+    entry = saved["digits"]
+    assert entry["networks"] == 3 and entry["converged"] == sum(r["converged"] == "True" for r in rows)
+    assert set(entry["measures"]["psi"]) == {"overall", "granulated", "per_hyperparameter"}
+    converged = [r for r in rows if r["converged"] == "True"]
+    tau = measures.kendall_tau([float(r["sharpness"]) for r in converged],
+                               [float(r["gap"]) for r in converged])
+    assert entry["measures"]["sharpness"]["overall"] == pytest.approx(tau, nan_ok=True)
+    assert kendall["digits"]["networks"] == 3
+    for name in ("measures_vs_gap.png", "sweep_curves.png", "curves.csv"):
+        assert (tmp_path / name).stat().st_size > 1000, name
 
-    runs = sweep.main(["--vary", "batch_size", "--values", "256,1024", "--seeds", "1", "--epochs", "2",
-                       "--dataset", "digits", "--out", str(tmp_path)])
-    assert len(runs) == 2 and all("psi_paper" in r and "eps_sharpness" in r for r in runs)
-    for name in ("curves.csv", "runs.csv", "curves.png", "summary.json"):
-        assert (tmp_path / name).exists(), name
 
-
-def test_accuracy_benchmark_runs(tmp_path):
-    from benchmarks import accuracy
-
-    table = accuracy.main(["--datasets", "digits", "--methods", "adam,perturbed_adam,sam_adam",
-                           "--seeds", "1", "--epochs", "1", "--out", str(tmp_path)])
-    assert [t["method"] for t in table] == ["adam", "perturbed_adam", "sam_adam"]
-    assert os.path.exists(tmp_path / "accuracy.csv")
+def test_accuracy_study_quick_writes_its_files(tmp_path):
+    study = script("benchmarks/accuracy.py")
+    summary = study.main(["--quick", "--out", str(tmp_path)])
+    rows = list(csv.DictReader(open(tmp_path / "accuracy_runs.csv")))
+    assert {"method", "dataset", "gamma", "eta", "dropout", "rho", "seed", "val_accuracy",
+            "test_accuracy", "gap", "capped_share"} <= set(rows[0])
+    assert {r["method"] for r in rows} == {"adam", "dropout", "sam", "pertopt", "pertopt_dropout",
+                                           "pertopt_paper"}
+    pertopt = [r for r in rows if r["method"] == "pertopt"]
+    assert len(pertopt) == 4 and all(0 <= float(r["capped_share"]) <= 1 for r in pertopt)
+    chosen = summary["datasets"]["digits"]["chosen"]
+    best = max((r for r in pertopt), key=lambda r: float(r["val_accuracy"]))
+    assert chosen[3]["val_accuracy"] == pytest.approx(float(best["val_accuracy"]))
+    assert (tmp_path / "accuracy_heatmap.png").stat().st_size > 1000
 
 
 def test_step_time_ratio_is_paired_by_round():
     """A slowdown that moves every configuration alike (the VM's drift) cancels round by round."""
-    from benchmarks.step_time import paired_ratio
+    paired_ratio = script("benchmarks/step_time.py").paired_ratio
 
     drift = [1.0, 2.0, 1.0, 3.0, 1.5]
     baseline = [[d * 60.0, d * 61.0, d * 59.0] for d in drift]
@@ -64,7 +94,7 @@ def test_step_time_ratio_is_paired_by_round():
 
 
 def test_toy_sharp_global_minimum_has_higher_psi_and_loses_under_perturbation():
-    import toy_landscape as toy
+    toy = script("examples/toy_landscape.py")
 
     res = toy.analyse(toy.CONFIG, grid=61)
     sharp, flat = toy.pick_minima(res["minima"])

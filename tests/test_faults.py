@@ -70,7 +70,7 @@ def test_mixed_precision_wraps_trains_and_skips_nonfinite_steps(mixed_precision)
 
     data = datasets.load("mnist1d", batch_size=64)
     keras.utils.set_random_seed(0)
-    model = models.mnist1d_cnn()
+    model = models.conv_net()
     opt = kp.PerturbedAdam(learning_rate=3e-3, eta=0.01, gamma=0.1, seed=0)
     model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
                   metrics=["accuracy"])

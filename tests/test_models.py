@@ -36,7 +36,7 @@ def test_mnist_cnn_is_the_pytorch_example():
 
 
 def test_mnist1d_and_toy_models():
-    assert models.mnist1d_cnn()(np.zeros((3, 40), "float32")).shape == (3, 10)
+    assert models.conv_net()(np.zeros((3, 40), "float32")).shape == (3, 10)
     toy = models.toy_model(1.0, -2.0, c12=0.5, c21=0.5)
     assert [w.shape for w in toy.trainable_weights] == [(2,)]
     assert toy(np.zeros((4, 2), "float32")).shape == (4, 1)

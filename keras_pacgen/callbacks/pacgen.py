@@ -10,8 +10,10 @@ import numpy as np
 import tensorflow as tf
 
 from keras_pacgen import _validation as check
+from keras_pacgen import reporting
 from keras_pacgen.callbacks.perturbation import PerturbationCallback
-from keras_pacgen.scoring import ESTIMATORS, as_batches, pacgen_score
+from keras_pacgen.measures import ESTIMATORS, pacgen_score
+from keras_pacgen.measures._common import as_dataset
 
 LOG_KEYS = ("clean_train_loss", "clean_test_loss", "gen_gap", "pacgen")
 
@@ -62,10 +64,9 @@ class PacGenCallback(PerturbationCallback):
         )
         self.gamma = check.check_float("gamma", gamma, low=0.0)
         self.epsilon = check.check_float("epsilon", epsilon, low=0.0, low_inclusive=False)
-        self._train = (
-            as_batches(train_data, self.batch_size, "train_data").take(self.train_batches).cache()
-        )
-        self._test = as_batches(test_data, self.batch_size, "test_data")
+        self._train = as_dataset(train_data, batch_size=self.batch_size, name="train_data")
+        self._train = self._train.take(self.train_batches).cache()
+        self._test = as_dataset(test_data, batch_size=self.batch_size, name="test_data")
         for name, ds in (("train_data", self._train), ("test_data", self._test)):
             if ds.cardinality() == 0 or not any(True for _ in ds.take(1)):
                 raise ValueError(f"`{name}` is empty: it yielded no batches.")
@@ -180,9 +181,6 @@ def plot_gap_and_psi(rows, path: str, title: str | None = None) -> str:
     finite = [r["pacgen"] for r in rows if math.isfinite(r["pacgen"])]
     if finite and np.ptp(finite) == 0:
         ax2.set_ylim(finite[0] - 1, finite[0] + 1)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    reporting.save_figure(fig, path)
     return path
 

@@ -50,9 +50,13 @@ def _tf_variable(variable):
 
 
 def local(variable, device: str):
-    """The copy of a (possibly distributed) variable that lives on `device`."""
+    """The copy of a distributed variable that lives on `device`; a variable that is not
+    distributed, wherever it lives."""
     variable = _tf_variable(variable)
-    for component in tf.distribute.get_strategy().experimental_local_results(variable):
+    copies = tf.distribute.get_strategy().experimental_local_results(variable)
+    if len(copies) == 1:
+        return copies[0]
+    for component in copies:
         if component.device == device:
             return component
     raise ValueError(f"{variable.name} has no copy on {device}")

@@ -21,7 +21,6 @@ from keras_pacgen.perturbation import (
     nonfinite,
     step,
 )
-from keras_pacgen.perturbation.arguments import DEFAULTS
 
 
 class PerturbationMixin:
@@ -127,7 +126,10 @@ class PerturbationMixin:
         self._gradients[(index, variable.device)] = tf.convert_to_tensor(gradient)
 
     def apply(self, grads, trainable_variables=None):
-        if not self.built and trainable_variables is not None:
+        if not self.built:
+            if trainable_variables is None:
+                raise ValueError("When passing `grads` without `variables`, the optimizer must "
+                                 "already be built: call `optimizer.build(trainable_variables)`.")
             with keras.name_scope(self.name, caller=self):
                 self.build(list(trainable_variables))
         variables = list(trainable_variables if trainable_variables is not None
@@ -137,7 +139,8 @@ class PerturbationMixin:
             return
         self._warn_if_unguarded()
         if self.skip_nonfinite:
-            nonfinite.apply_if_finite(self._step, self._skip, grads, variables)
+            skip = lambda: self._nonfinite_steps.assign_add(1)  # noqa: E731
+            nonfinite.apply_if_finite(self._step, skip, grads, variables)
         else:
             self._step(grads, variables)
 
@@ -154,9 +157,6 @@ class PerturbationMixin:
                              log_epoch=tf.math.log1p(tf.cast(self.epoch, tf.float32)))
             finally:
                 self._gradients.clear()
-
-    def _skip(self):
-        self._nonfinite_steps.assign_add(1)
 
     # ------------------------------------------------------------------ clean weights
     def remove_perturbation(self) -> None:
@@ -244,5 +244,5 @@ class PerturbationMixin:
                 self.steps_per_epoch or self._epoch_is_driven))
 
     def get_config(self):
-        return {**super().get_config(), **{key: getattr(self, key) for key in DEFAULTS}}
+        return {**super().get_config(), **{key: getattr(self, key) for key in arguments.DEFAULTS}}
 

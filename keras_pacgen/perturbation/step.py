@@ -1,20 +1,21 @@
 """One training step of Algorithm 1 (PertOPT), in the paper's order.
 
 The caller's forward and backward pass has computed ``g_{t+1} = ∇L̂_t(w_t + u_t)``, the gradient at
-the perturbed point (line 12). `PerturbationMixin.apply` then runs, on every replica or, when a
-gradient is not finite, not at all (see nonfinite.py):
+the perturbed point (Algorithm 1 line 13). `PerturbationMixin.apply` then runs, on every replica
+or, when a gradient is not finite, not at all (see nonfinite.py):
 
 1. `clean_weights.restore_for_step`: the model variables go back from ``w_t + u_t`` to ``w_t``;
-2. the wrapped optimizer's ``apply`` on ``w_t`` (lines 13-15, ``OPT``): ``w_{t+1} = OPT(w_t)`` fed
-   ``g_{t+1}``, with its own loss-scale unscaling, clipping, weight decay, EMA and constraints;
-   for Adam-family optimizers also ``h_{t+1}`` (line 14), which is their second moment;
-3. `perturb` below, lines 14 and 7-11 of the next iteration: ``h_{t+1}`` when it has a slot of its
-   own, ρ, κ, σ and ``u_{t+1}``; the model variables are left holding ``w_{t+1} + u_{t+1}``.
+2. the wrapped optimizer's ``apply`` on ``w_t``: line 15, ``w_{t+1} = OPT(w_t)`` fed ``g_{t+1}``,
+   with its own loss-scale unscaling, clipping, weight decay, EMA and constraints, and line 16,
+   ``t ← t + 1`` (``optimizer.iterations``); an Adam-family OPT also does line 14,
+   ``h_{t+1}``, which is its second moment;
+3. `perturb` below: line 14 when h has a slot of its own, then lines 7-11 of the next iteration,
+   ρ, κ, σ and ``u``; the model variables are left holding ``w_{t+1} + u_{t+1}``.
 
-After the step the paper's ``t`` has advanced: what lines 7-9 call ``h_t``, ``w_t`` and ``w_{t−1}``
-are here ``h_{t+1}``, ``w_{t+1}`` (``weights``) and ``w_t`` (``previous``, the clean slot before the
-update). ``g_t`` of the mask is the gradient just applied. The first step is unperturbed (σ
-starts at 0).
+So in `next_perturbation` the paper's ``t`` has advanced: what lines 7-9 call ``h_t``, ``w_t``
+and ``w_{t−1}`` are ``h`` (after line 14), ``weights`` (after line 15) and ``previous`` (the clean
+slot before the update); ``g_t`` of the mask is the gradient just applied. The first step is
+unperturbed (σ starts at 0).
 """
 
 from __future__ import annotations
@@ -91,18 +92,19 @@ def perturb(slots: list[Slots], gradients: dict, settings: Settings, *, applied_
             log_epoch) -> None:
     """Lines 14 and 7-11 on every device, after OPT's update; leaves the variables at w + u.
 
-    `gradients` maps (index, device) to the gradient OPT's ``update_step`` received there; a
-    variable without one this step stays clean and unperturbed (σ = 0).
+    `gradients` maps (index, device of the variable's copy) to the gradient OPT's ``update_step``
+    received there; a variable without one this step stays clean and unperturbed (σ = 0).
     """
 
     def on_device(device):
-        moved = [s for s in slots if (s.index, device) in gradients]
+        keys = {s.index: (s.index, local(s.variable, device).device) for s in slots}
+        moved = [s for s in slots if keys[s.index] in gradients]
         for s in slots:
-            if (s.index, device) not in gradients:
+            if keys[s.index] not in gradients:
                 local(s.sigma, device).assign(tf.zeros(s.sigma.shape, s.sigma.dtype))
                 local(s.rho, device).assign(0.0)
         if moved:
-            _perturb_device(moved, [gradients[(s.index, device)] for s in moved], device,
+            _perturb_device(moved, [gradients[keys[s.index]] for s in moved], device,
                             settings, step, log_epoch)
         local(applied_flag, device).assign(1)
 

@@ -1,0 +1,70 @@
+"""Small helpers that the studies share to write what they measured: CSV rows, JSON, figures,
+mean ± std."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+
+import numpy as np
+
+
+def write_csv(path: str, rows: list[dict]) -> str:
+    """`rows` (dicts; the columns are every key, in first-seen order) as a CSV file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def read_csv(path: str) -> list[dict]:
+    """A CSV file written by `write_csv`, numbers and booleans parsed back."""
+
+    def parse(text):
+        if text in ("True", "False"):
+            return text == "True"
+        try:
+            number = float(text)
+        except ValueError:
+            return text
+        return int(number) if number.is_integer() and "." not in text and "e" not in text else number
+
+    with open(path, newline="") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def write_json(path: str, obj) -> str:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, default=_plain)
+    return path
+
+
+def _plain(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def save_figure(fig, path: str) -> str:
+    """Lay out a matplotlib figure, write it as `path` (its folder created) and close it."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def mean_std(values) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value, NaN for none)."""
+    values = np.asarray(list(values), np.float64)
+    if not len(values):
+        return math.nan, math.nan
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
