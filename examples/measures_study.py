@@ -52,7 +52,7 @@ CENTRES = (
     dict(batch_size=32, learning_rate=0.05, width=64, depth=2, dropout=0.2, weight_decay=1e-3),
 )
 CURVE_STEPS = 50  # measure the gap and ψ about every this many steps on the curve sweeps
-QUICK = dict(datasets=("digits",), train_size=300, max_steps=300,
+QUICK = dict(datasets=("digits",), train_size=200, max_steps=200,
              hyperparameters={"batch_size": (32, 128), "width": (16, 32)}, centres=CENTRES[:1])
 
 
@@ -155,7 +155,7 @@ def main(argv=None):
     points = reporting.read_csv(curves_path) if args.resume and os.path.exists(curves_path) else []
     done = {(r["dataset"], r["centre"], r["arm"], *(r[k] for k in spec["hyperparameters"]), r["seed"])
             for r in rows}
-    start = time.time()
+    start, kept = time.time(), len(rows)
     todo = [(d, c, arm, hyper, s) for d in spec["datasets"]
             for c, arm, hyper in networks(spec["hyperparameters"], spec["centres"]) for s in seeds]
     for k, (dataset, centre, arm, hyper, seed) in enumerate(todo):
@@ -182,8 +182,8 @@ def main(argv=None):
     if points:
         plot_curves(points, spec, os.path.join(args.out, "sweep_curves.png"))
     print_table(kendall, spec["datasets"], spec["hyperparameters"])
-    print(f"\n{len(rows)} networks ({sum(r['converged'] for r in rows)} converged) in "
-          f"{(time.time() - start) / 60:.1f} min; wrote {args.out}")
+    print(f"\n{len(rows)} networks ({sum(r['converged'] for r in rows)} converged; "
+          f"{len(rows) - kept} trained now) in {(time.time() - start) / 60:.1f} min; wrote {args.out}")
     return kendall
 
 

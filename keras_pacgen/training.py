@@ -22,6 +22,7 @@ from keras_pacgen import _validation as check
 from keras_pacgen import datasets, models
 from keras_pacgen.callbacks import PerturbationCallback
 from keras_pacgen.optimizers import PerturbedAdam, PerturbedSGD
+from keras_pacgen.perturbation import PERTURBATION_DEFAULTS
 from keras_pacgen.sam import SharpnessAwareMinimization
 
 # name -> (class, defaults); "sam_<name>" trains with SAM around "<name>".
@@ -32,8 +33,6 @@ OPTIMIZERS: dict[str, tuple[type, dict[str, Any]]] = {
     "perturbed_sgd": (PerturbedSGD, {"learning_rate": 0.05, "momentum": 0.9}),
 }
 NAMES = (*OPTIMIZERS, *(f"sam_{name}" for name in ("adam", "sgd")))
-_PERTURBATION = ("eta", "gamma", "kappa_epsilon", "grad_threshold", "seed", "steps_per_epoch",
-                 "skip_nonfinite", "hessian_decay", "rho_norm", "kappa_weights")
 
 
 def make_optimizer(name: str, **overrides) -> keras.optimizers.Optimizer:
@@ -44,7 +43,7 @@ def make_optimizer(name: str, **overrides) -> keras.optimizers.Optimizer:
     cls, defaults = OPTIMIZERS[name.removeprefix("sam_")]
     args = {**defaults, **{k: v for k, v in overrides.items() if v is not None}}
     if not issubclass(cls, (PerturbedAdam, PerturbedSGD)):
-        args = {k: v for k, v in args.items() if k not in _PERTURBATION}
+        args = {k: v for k, v in args.items() if k not in PERTURBATION_DEFAULTS}
     if cls is keras.optimizers.Adam or cls is PerturbedAdam:
         args.pop("momentum", None)
     return cls(**args)
@@ -193,7 +192,7 @@ def run(config: RunConfig, *, data: datasets.Data | None = None, callbacks=(),
              if config.optimizer.startswith("sam_") else network)
     optimizer = make_optimizer(
         config.optimizer, learning_rate=config.learning_rate, momentum=config.momentum,
-        weight_decay=config.weight_decay, eta=config.eta, gamma=config.gamma,
+        weight_decay=config.weight_decay or None, eta=config.eta, gamma=config.gamma,
         kappa_epsilon=config.kappa_epsilon, grad_threshold=config.grad_threshold,
         seed=config.seed, steps_per_epoch=math.ceil(num_train / config.batch_size),
     )
