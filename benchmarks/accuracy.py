@@ -26,7 +26,6 @@ every setting's means) and accuracy_heatmap.png (validation accuracy over (Î³, Î
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
@@ -115,14 +114,8 @@ def describe(runs) -> dict:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=5)
-    parser.add_argument("--quick", action="store_true", help="digits, 1 epoch, two PertOPT cells, 1 seed")
-    parser.add_argument("--resume", action="store_true", help="keep the runs in accuracy_runs.csv")
-    parser.add_argument("--out", default="benchmarks/results")
-    args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    args = reporting.study_parser(__doc__, seeds=5, out="benchmarks/results",
+                                  quick="digits, 1 epoch, two PertOPT cells, 1 seed").parse_args(argv)
     spec = QUICK if args.quick else dict(datasets=tuple(SETTINGS), epochs=None, gammas=GAMMAS,
                                          etas=ETAS, dropouts=DROPOUTS, rhos=RHOS, paper=PAPER)
     seeds = range(1 if args.quick else args.seeds)

@@ -25,7 +25,6 @@ sweep_curves.png. --resume skips the networks already in runs.csv.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
@@ -139,14 +138,8 @@ MEASURE_PREFIXES = ("psi", "pac_bayes", "sharpness", "pacbayes", "hessian", "top
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true", help="digits, 3 small networks, 1 seed")
-    parser.add_argument("--resume", action="store_true", help="keep the networks in runs.csv")
-    parser.add_argument("--out", default="results/measures")
-    args = parser.parse_args(argv)
-    if args.seeds < 1:
-        parser.error(f"--seeds must be >= 1, got {args.seeds}")
+    args = reporting.study_parser(__doc__, seeds=3, out="results/measures",
+                                  quick="digits, 3 small networks, 1 seed").parse_args(argv)
     spec = QUICK if args.quick else dict(datasets=DATASETS, train_size=TRAIN_SIZE, max_steps=MAX_STEPS,
                                          hyperparameters=HYPERPARAMETERS, centres=CENTRES)
     seeds = range(1 if args.quick else args.seeds)

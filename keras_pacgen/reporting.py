@@ -3,12 +3,31 @@ mean ± std."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import math
 import os
 
 import numpy as np
+
+
+def study_parser(doc: str, *, seeds: int, out: str, quick: str) -> argparse.ArgumentParser:
+    """The command line every study shares: --seeds, --quick (a smoke run), --resume (keep what
+    the output folder holds) and --out."""
+
+    def seed_count(text):
+        value = int(text)
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"must be >= 1, got {text!r}")
+        return value
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--seeds", type=seed_count, default=seeds)
+    parser.add_argument("--quick", action="store_true", help=quick)
+    parser.add_argument("--resume", action="store_true", help="keep the runs already in --out")
+    parser.add_argument("--out", default=out)
+    return parser
 
 
 def write_csv(path: str, rows: list[dict]) -> str:
