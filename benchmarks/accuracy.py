@@ -35,6 +35,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np  # noqa: E402
 
 from keras_pacgen import reporting, training  # noqa: E402
+from keras_pacgen.perturbation import formulas  # noqa: E402
 
 SETTINGS = {
     "mnist1d": dict(model="conv_net", epochs=30, batch_size=64),
@@ -65,7 +66,9 @@ def capped_share(optimizer, model) -> float:
     for v in model.trainable_variables:
         state = optimizer.perturbation_state(v)
         sigma = state["sigma"].numpy().astype(np.float64)
-        kappa = optimizer.gamma / log_epoch * np.abs(state["clean_weights"].numpy()) + optimizer.kappa_epsilon
+        kappa = formulas.neighbourhood_radius(state["clean_weights"], gamma=optimizer.gamma,
+                                              epsilon=optimizer.kappa_epsilon,
+                                              log_epoch=log_epoch).numpy()
         on = sigma > 0
         perturbed += int(on.sum())
         capped += int((sigma[on] >= 0.99 * kappa[on]).sum())

@@ -7,7 +7,7 @@ import tensorflow as tf
 
 from keras_pacgen import _validation as check
 from keras_pacgen.pacgen import psi_terms
-from keras_pacgen.perturbation import keras_internals, perturbed_optimizers
+from keras_pacgen.perturbation import formulas, keras_internals, perturbed_optimizers
 
 _NO_ESTIMATE = (
     "{name} keeps no Hessian-diagonal estimate, so ψ cannot be read from its state. Use a "
@@ -55,14 +55,12 @@ def optimizer_estimates(optimizer, variables):
         raise ValueError(_NO_ESTIMATE.format(name=type(opt).__name__))
     if not opt.built:
         raise ValueError("The optimizer is not built yet: train at least one step first.")
-    steps = tf.cast(tf.maximum(opt.iterations, 1), tf.float32)
-    correction = 1.0 - tf.pow(float(opt.beta_2), steps)
     weights, hessians = [], []
     for v in variables:
         velocity = velocities[keras_internals.variable_index(opt, v)]
         if velocity is not None:
             weights.append(tf.convert_to_tensor(v))
-            hessians.append(tf.convert_to_tensor(velocity) / correction)
+            hessians.append(formulas.debiased(velocity, beta1=opt.beta_2, steps=opt.iterations))
     return weights, hessians, tf.constant(0.0)
 
 

@@ -16,11 +16,11 @@ import warnings
 from typing import Any
 
 import keras
-import tensorflow as tf
 
 from keras_pacgen import _validation as check
 from keras_pacgen import datasets, models
 from keras_pacgen.callbacks import PerturbationCallback
+from keras_pacgen.measures import _common
 from keras_pacgen.optimizers import PerturbedAdam, PerturbedSGD
 from keras_pacgen.perturbation import PERTURBATION_DEFAULTS
 from keras_pacgen.sam import SharpnessAwareMinimization
@@ -130,22 +130,11 @@ class StopAtLoss(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def loss(self) -> float:
-        """The compiled loss on all of `data`, batch by batch (a traced function: at every epoch
-        of a small dataset `evaluate()`'s own overhead would cost more than the pass)."""
+        """The compiled loss on all of `data` (a traced function, built once: at every epoch of a
+        small dataset `evaluate()`'s own overhead would cost more than the pass)."""
         if self._loss is None:
-            model, (x, y) = self.model, self.data
-
-            @tf.function(reduce_retracing=True)
-            def batch_loss(xb, yb):
-                return model.compute_loss(x=xb, y=yb, y_pred=model(xb, training=False),
-                                          training=False)
-
-            def full():
-                sizes = [(i, min(i + 1024, len(x))) for i in range(0, len(x), 1024)]
-                return sum(float(batch_loss(x[a:b], y[a:b])) * (b - a) for a, b in sizes) / len(x)
-
-            self._loss = full
-        return self._loss()
+            self._loss = _common.Loss(self.model, _common.batches(self.data, batch_size=1024))
+        return self._loss.value()
 
 
 def _evaluate(model, data) -> dict[str, float]:

@@ -38,6 +38,13 @@ def hessian_change(h_next, g, *, beta1: float):
     return (tf.square(g) - h_next) * ((1.0 - beta1) / beta1)
 
 
+def debiased(h, *, beta1: float, steps):
+    """``h / (1 − β1^t)``: h is a moving average started at 0 (Adam's bias correction), so that
+    early in training it is not dominated by its start; `steps` is t (at least 1)."""
+    steps = tf.cast(tf.maximum(steps, 1), tf.float32)
+    return tf.cast(h, tf.float32) / (1.0 - tf.pow(float(beta1), steps))
+
+
 def hessian_lipschitz(h_change, inverse_weight_change):
     """Line 7: ``ρ[i] = |h_t[i] − h_{t−1}[i]| / ‖w_t − w_{t−1}‖``.
 

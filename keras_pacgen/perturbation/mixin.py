@@ -223,11 +223,10 @@ class PerturbationMixin:
         if not self.built:
             raise ValueError("The optimizer is not built yet: train at least one step first.")
         slots = self._slots_of(variables)
-        steps = tf.cast(tf.maximum(self.iterations, 1), tf.float32)
-        correction = 1.0 - tf.pow(self.hessian_decay, steps)
         return {
             "weights": [tf.where(self._applied > 0, s.clean, s.variable) for s in slots],
-            "hessians": [tf.cast(s.hessian, tf.float32) / correction for s in slots],
+            "hessians": [formulas.debiased(s.hessian, beta1=self.hessian_decay,
+                                           steps=self.iterations) for s in slots],
             "rho": tf.reduce_max(tf.stack([tf.convert_to_tensor(s.rho) for s in slots])),
         }
 
