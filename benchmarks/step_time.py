@@ -2,6 +2,10 @@
 
     python benchmarks/step_time.py [--models mnist_cnn,wrn16_4] [--rounds 0] [--out benchmarks/results]
 
+``--optimizers perturbed_sgd,perturbed_sgd_update_only,sgd`` (and the same for Adam) splits a
+perturbed step's cost: the ``_update_only`` configuration is the step traced without lines 7-14 of
+Algorithm 1 (a diagnostic, not a valid step).
+
 Also the optimizer's memory: the bytes of ``optimizer.variables`` of each configuration, and their
 ratio to the plain optimizer's (target: PerturbedAdam <= 1.75x Adam).
 
@@ -25,6 +29,7 @@ reported. Prints a table and writes CSV/JSON.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -40,6 +45,8 @@ import tensorflow as tf  # noqa: E402
 
 import keras_pacgen as kp  # noqa: E402
 from keras_pacgen import models  # noqa: E402
+from keras_pacgen.perturbation import step as perturbation_step  # noqa: E402
+from keras_pacgen.perturbation.clean_weights import local  # noqa: E402
 from keras_pacgen.training import make_optimizer  # noqa: E402
 
 MODELS = {
@@ -59,8 +66,16 @@ OPTIMIZERS = {
     "perturbed_sgd_unguarded": ("perturbed_sgd", {**PERTURBATION, "skip_nonfinite": False}),
     "sam_adam": ("sam_adam", {}),
 }
+# Diagnostics, not in the default list (name them in --optimizers): the perturbed step with lines
+# 7-14 of Algorithm 1 (ρ, κ, σ, u and PerturbedSGD's h_{t+1}) left out at trace time, so that the
+# non-finite guard, the restore w ← clean, OPT's update and clean ← w_{t+1} remain. Not a valid
+# step (u stays 0); against the full step, it splits the cost between the two parts.
+UPDATE_ONLY = {"perturbed_adam_update_only": "perturbed_adam", "perturbed_sgd_update_only": "perturbed_sgd"}
+OPTIMIZERS.update({name: OPTIMIZERS[full] for name, full in UPDATE_ONLY.items()})
 BASELINE = {"perturbed_adam": "adam", "perturbed_sgd": "sgd", "sam_adam": "adam", "adam": "adam", "sgd": "sgd",
-            "perturbed_adam_unguarded": "adam", "perturbed_sgd_unguarded": "sgd"}
+            "perturbed_adam_unguarded": "adam", "perturbed_sgd_unguarded": "sgd",
+            "perturbed_adam_update_only": "adam", "perturbed_sgd_update_only": "sgd"}
+DEFAULT_OPTIMIZERS = [name for name in OPTIMIZERS if name not in UPDATE_ONLY]
 
 
 def build(model_name, opt_name, jit, batch):
@@ -78,6 +93,24 @@ def build(model_name, opt_name, jit, batch):
     ds = tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(2)
     cbs = [kp.PerturbationCallback()]
     return model, ds, cbs
+
+
+def _keep_clean_weights(slots, gradients, device, *args):
+    """Instead of lines 7-14: u = 0 (σ stays 0), so only ``clean ← w_{t+1}``."""
+    for s in slots:
+        local(s.clean, device).assign(local(s.variable, device))
+
+
+@contextlib.contextmanager
+def lines_7_to_14(included: bool):
+    """Inside, a perturbed step traced without `included` leaves out lines 7-14 (`UPDATE_ONLY`)."""
+    original = perturbation_step._perturb_device
+    if not included:
+        perturbation_step._perturb_device = _keep_clean_weights
+    try:
+        yield
+    finally:
+        perturbation_step._perturb_device = original
 
 
 def stepper(model, ds, cbs):
@@ -138,7 +171,8 @@ def time_rounds(steppers, rounds, steps):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="mnist_cnn,wrn16_4")
-    parser.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    parser.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS),
+                        help=f"of {', '.join(OPTIMIZERS)}")
     parser.add_argument("--jit", default="false,true")
     parser.add_argument("--rounds", type=int, default=0, help="rounds (0: auto: 20 for the MNIST CNN, 10 for WRN-16-4)")
     parser.add_argument("--steps", type=int, default=0, help="steps per configuration and round (0: auto: 10 for the MNIST CNN, 3 for WRN-16-4)")
@@ -147,19 +181,24 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.rounds < 0 or args.rounds == 1:  # checked before anything is built
         parser.error(f"--rounds must be >= 2 for an interval (or 0 for the default), got {args.rounds}")
+    unknown = sorted(set(args.optimizers.split(",")) - set(OPTIMIZERS))
+    if unknown:
+        parser.error(f"unknown --optimizers {', '.join(unknown)}; valid: {', '.join(OPTIMIZERS)}")
     if args.steps < 0:
         parser.error(f"--steps must be >= 1 (or 0 for the default), got {args.steps}")
     warnings.filterwarnings("ignore")
     rows = []
     for model_name in args.models.split(","):
-        configs = {}
+        configs, steppers = {}, {}
         for jit in [j == "true" for j in args.jit.split(",")]:
             for opt in args.optimizers.split(","):
-                configs[(opt, jit)] = build(model_name, opt, jit, args.batch)
+                with lines_7_to_14(included=opt not in UPDATE_ONLY):  # the step is traced here
+                    configs[(opt, jit)] = build(model_name, opt, jit, args.batch)
+                    steppers[(opt, jit)] = stepper(*configs[(opt, jit)])
         mnist = model_name == "mnist_cnn"
         rounds = args.rounds or (20 if mnist else 10)
         steps = args.steps or (10 if mnist else 3)
-        times = time_rounds({key: stepper(*config) for key, config in configs.items()}, rounds, steps)
+        times = time_rounds(steppers, rounds, steps)
         memory = {key: optimizer_bytes(config[0].optimizer) for key, config in configs.items()}
         for (opt, jit), per_round in times.items():
             base = times[(BASELINE[opt], jit)]

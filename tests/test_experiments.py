@@ -95,6 +95,42 @@ def test_step_time_ratio_is_paired_by_round():
     assert abs(unpaired - 1.04) > 0.01
 
 
+def test_step_time_update_only_leaves_out_lines_7_to_14_and_only_while_tracing_inside():
+    """The diagnostic `_update_only` step: OPT's update without a perturbation (σ stays 0, the
+    model holds the clean weights, which moved); the step traced outside draws one."""
+    import keras
+    import tensorflow as tf
+
+    import keras_pacgen as kp
+    from keras_pacgen.perturbation import step
+
+    step_time = script("benchmarks/step_time.py")
+    original = step._perturb_device
+    x = np.random.default_rng(0).normal(size=(16, 4)).astype("float32")
+    y = np.arange(16) % 2
+
+    def trained(included):
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+        model.compile(optimizer=kp.PerturbedSGD(learning_rate=0.1, gamma=1.0, seed=0),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        start = [v.numpy() for v in model.trainable_variables]
+        with step_time.lines_7_to_14(included=included):
+            model.train_on_batch(x, y)  # traced here
+        model.train_on_batch(x, y)  # the same trace, outside
+        states = [model.optimizer.perturbation_state(v) for v in model.trainable_variables]
+        return model, start, states
+
+    model, start, states = trained(included=False)
+    assert step._perturb_device is original
+    for v, w0, state in zip(model.trainable_variables, start, states):
+        assert not np.any(state["sigma"].numpy())
+        np.testing.assert_array_equal(v.numpy(), state["clean_weights"].numpy())
+        assert not np.array_equal(v.numpy(), w0)
+    _, _, states = trained(included=True)
+    assert any(np.any(tf.abs(s["sigma"]).numpy() > 0) for s in states)
+
+
 def test_toy_sharp_global_minimum_has_higher_psi_and_loses_under_perturbation():
     toy = script("examples/toy_landscape.py")
 
