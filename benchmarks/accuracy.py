@@ -176,13 +176,9 @@ def main(argv=None):
 
 def heatmap(summary, spec, path):
     """Mean validation accuracy (and the share of capped σ) over (γ, η), a panel per dataset."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     names = list(summary["datasets"])
-    fig, axes = plt.subplots(1, len(names), figsize=(5.5 * len(names), 4.5), squeeze=False, dpi=100)
+    fig = reporting.figure(5.5 * len(names), 4.5)
+    axes = fig.subplots(1, len(names), squeeze=False)
     for ax, dataset in zip(axes[0], names):
         cells = {(s["setting"].get("gamma"), s["setting"].get("eta")): s
                  for s in summary["datasets"][dataset]["every_setting"] if s["method"] == "pertopt"}

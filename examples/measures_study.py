@@ -197,15 +197,13 @@ def _finite(x):
 
 def plot_measures(rows, kendall, path):
     """ψ and the measure with the best Ψ against the gap, a point a network, coloured by arm."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
 
     names = [d for d in DATASETS if d in kendall]
-    fig, axes = plt.subplots(len(names), 2, figsize=(11, 4.2 * len(names)), squeeze=False, dpi=100)
+    fig = reporting.figure(11, 4.2 * len(names))
+    axes = fig.subplots(len(names), 2, squeeze=False)
     arms = list(dict.fromkeys(["centre", *HYPERPARAMETERS]))
-    colours = dict(zip(arms, plt.cm.tab10.colors))
+    colours = dict(zip(arms, colormaps["tab10"].colors))
     for row_axes, d in zip(axes, names):
         converged = [r for r in rows if r["dataset"] == d and r["converged"]]
         best = max(kendall[d]["measures"].items(), key=lambda kv: _finite(kv[1]["granulated"]))[0]
@@ -227,21 +225,18 @@ def plot_measures(rows, kendall, path):
 
 def plot_curves(points, spec, path):
     """Clean gap and ψ against steps for the centre-0 batch-size and learning-rate sweeps."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib import colormaps
 
     centre = spec["centres"][0]
     sweeps = [h for h in ("batch_size", "learning_rate") if h in spec["hyperparameters"]]
     names = [d for d in spec["datasets"] if any(p["dataset"] == d for p in points)]
-    fig, axes = plt.subplots(len(names), 2 * len(sweeps), figsize=(5 * 2 * len(sweeps), 3.6 * len(names)),
-                             squeeze=False, dpi=100)
+    fig = reporting.figure(5 * 2 * len(sweeps), 3.6 * len(names))
+    axes = fig.subplots(len(names), 2 * len(sweeps), squeeze=False)
     for row_axes, d in zip(axes, names):
         for s, sweep in enumerate(sweeps):
             for q, quantity in enumerate(("gap", "psi")):
                 ax = row_axes[2 * s + q]
-                for value, colour in zip(spec["hyperparameters"][sweep], plt.cm.viridis(np.linspace(0, 0.9, 3))):
+                for value, colour in zip(spec["hyperparameters"][sweep], colormaps["viridis"](np.linspace(0, 0.9, 3))):
                     hyper = {**centre, sweep: value}
                     runs = {}
                     for p in points:

@@ -96,12 +96,8 @@ def main(argv=None):
 
 
 def plot(rows, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=100)
+    fig = reporting.figure(7, 4.5)
+    ax = fig.subplots()
     for name in dict.fromkeys(r["method"] for r in rows):
         sel = [r for r in rows if r["method"] == name]
         line, = ax.plot([r["epoch"] for r in sel], [r["val_accuracy"] for r in sel], label=f"{name}-val")

@@ -24,6 +24,8 @@ import os
 
 import numpy as np
 
+from keras_pacgen import reporting
+
 # Found by search(seed=...) and recorded (see the module docstring).
 CONFIG = {"data_seed": 0, "c12": -2.0, "c21": 2.0, "scale": 60.0, "span": 12.0}
 
@@ -205,15 +207,12 @@ def _curv_at(res, m):
 
 
 def plot_fig1(res, sharp, flat, config, path):
-    import matplotlib
+    from matplotlib import colormaps
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig = plt.figure(figsize=(15, 4.8), dpi=100)
+    fig = reporting.figure(15, 4.8)
     ax = fig.add_subplot(1, 3, 1, projection="3d")
     W1, W2, L, PSI = res["W1"], res["W2"], res["L"], res["PSI"]
-    colors = plt.cm.viridis((PSI - PSI.min()) / (np.ptp(PSI) + 1e-12))
+    colors = colormaps["viridis"]((PSI - PSI.min()) / (np.ptp(PSI) + 1e-12))
     ax.plot_surface(W1, W2, L, facecolors=colors, rstride=2, cstride=2, linewidth=0, antialiased=False)
     bound = bound_eq11(L, W1, W2, res["H11"], res["H22"], res["RHO"])
     floor = L.min() - 0.5 * np.ptp(L)
@@ -234,9 +233,7 @@ def plot_fig1(res, sharp, flat, config, path):
         axk.contourf(gx, gy, (logits > 0).reshape(gx.shape), alpha=0.3, cmap="coolwarm")
         axk.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", edgecolors="k", s=15)
         axk.set_title(f"{name}: loss {m['loss']:.3f}, ψ {m['psi']:.2f}")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    reporting.save_figure(fig, path)
 
 
 def _logits(w1, w2, points, config):
@@ -248,12 +245,8 @@ def _logits(w1, w2, points, config):
 
 
 def plot_fig2(res, sharp, flat, etas, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(etas), figsize=(4 * len(etas), 3.6), dpi=100)
+    fig = reporting.figure(4 * len(etas), 3.6)
+    axes = fig.subplots(1, len(etas), squeeze=False)[0]
     for ax, eta in zip(axes, etas):
         z = perturbed_landscape(res, eta)
         cs = ax.contourf(res["W1"], res["W2"], z, levels=30, cmap="viridis")
@@ -263,9 +256,7 @@ def plot_fig2(res, sharp, flat, etas, path):
         ax.set_title(f"E_u L(w+u), η = {eta:g}")
         ax.set_xlabel("w1")
     axes[0].set_ylabel("w2")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    reporting.save_figure(fig, path)
 
 
 if __name__ == "__main__":

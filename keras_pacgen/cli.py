@@ -37,7 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     from keras_pacgen.datasets import NAMES
     from keras_pacgen.measures import ESTIMATORS, MEASURES
     from keras_pacgen.models import MODELS
+    from keras_pacgen.perturbation import PERTURBATION_DEFAULTS as PERTURBATION
     from keras_pacgen.training import NAMES as OPTIMIZERS
+    from keras_pacgen.training import RunConfig
+
+    run = RunConfig()  # the driver's defaults
 
     parser = argparse.ArgumentParser(
         prog="pacgen",
@@ -46,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
     train = sub.add_parser("train", help="train a model, log gap and ψ, plot, export a SavedModel")
-    train.add_argument("--dataset", choices=NAMES, default="mnist1d",
+    train.add_argument("--dataset", choices=NAMES, default=run.dataset,
                        help="dataset (mnist1d and digits work offline; default mnist1d)")
     train.add_argument("--model", choices=("auto", *MODELS), default="auto",
                        help="network; auto picks the paper's network for the dataset")
@@ -54,22 +58,25 @@ def build_parser() -> argparse.ArgumentParser:
                        help="depth (Wide ResNet: 6n+4, default 16; conv_net: convolutions, default 3)")
     train.add_argument("--width", type=_number(int, 1), default=None,
                        help="width (Wide ResNet widen factor, default 4; conv_net filters, default 32)")
-    train.add_argument("--optimizer", choices=OPTIMIZERS, default="perturbed_adam")
-    train.add_argument("--dropout", type=_number(float, 0.0, 1.0), default=0.0)
-    train.add_argument("--epochs", type=_number(int, 1), default=30)
-    train.add_argument("--batch-size", type=_number(int, 1), default=64)
+    train.add_argument("--optimizer", choices=OPTIMIZERS, default=run.optimizer)
+    train.add_argument("--dropout", type=_number(float, 0.0, 1.0), default=run.dropout)
+    train.add_argument("--epochs", type=_number(int, 1), default=run.epochs)
+    train.add_argument("--batch-size", type=_number(int, 1), default=run.batch_size)
     train.add_argument("--learning-rate", type=_number(float, 0.0, low_open=True), default=None,
                        help="default 1e-3 for Adam, 0.05 for SGD (momentum 0.9)")
     train.add_argument("--weight-decay", type=_number(float, 0.0), default=None)
-    train.add_argument("--eta", type=_number(float, 0.0, low_open=True), default=0.01, help="η (> 0)")
-    train.add_argument("--gamma", type=_number(float, 0.0), default=0.1, help="γ (>= 0)")
-    train.add_argument("--kappa-epsilon", type=_number(float, 0.0, low_open=True), default=1e-5,
-                       help="ε of κ (> 0)")
-    train.add_argument("--grad-threshold", type=_number(float, 0.0), default=0.1, help="β2 (>= 0)")
-    train.add_argument("--rho", type=_number(float, 0.0, low_open=True), default=0.05,
+    train.add_argument("--eta", type=_number(float, 0.0, low_open=True),
+                       default=PERTURBATION["eta"], help="η (> 0)")
+    train.add_argument("--gamma", type=_number(float, 0.0), default=PERTURBATION["gamma"],
+                       help="γ (>= 0)")
+    train.add_argument("--kappa-epsilon", type=_number(float, 0.0, low_open=True),
+                       default=PERTURBATION["kappa_epsilon"], help="ε of κ (> 0)")
+    train.add_argument("--grad-threshold", type=_number(float, 0.0),
+                       default=PERTURBATION["grad_threshold"], help="β2 (>= 0)")
+    train.add_argument("--rho", type=_number(float, 0.0, low_open=True), default=run.rho,
                        help="SAM's ρ (sam_adam, sam_sgd)")
     train.add_argument("--augment", choices=("auto", "on", "off"), default="auto")
-    train.add_argument("--seed", type=_number(int, 0), default=0)
+    train.add_argument("--seed", type=_number(int, 0), default=run.seed)
     train.add_argument("--every", type=_number(int, 1), default=1, help="measure gap and ψ every N epochs")
     train.add_argument("--jit", action="store_true", help="compile the train step with XLA")
     train.add_argument("--out", default=None, help="run folder (default runs/<run name>)")
@@ -204,13 +211,10 @@ def measure(args) -> dict:
     from keras_pacgen import measures
 
     names = None if args.measures is None else [n.strip() for n in args.measures.split(",") if n.strip()]
-    unknown = [n for n in names or [] if n not in measures.MEASURES]
-    if unknown or names == []:
-        raise UsageError(f"unknown measure(s) {', '.join(unknown) or '(none given)'}; valid: "
-                         f"{', '.join(measures.MEASURES)}")
-    if names and "distance_from_init" in names:
-        raise UsageError("distance_from_init needs the initial weights, which a saved model does "
-                         "not hold; use keras_pacgen.measures.distance_from_init in Python.")
+    try:  # before the model and the data are loaded
+        names = measures.measure_names(names)
+    except ValueError as err:
+        raise UsageError(str(err)) from None
     model, data = _load(args)
     subset = data.train.take(args.max_batches)
     values = measures.compute_all(model, subset, measures=names, seed=args.seed, verbose=1)

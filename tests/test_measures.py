@@ -119,8 +119,14 @@ def test_compute_all_and_bad_names():
     values = measures.compute_all(model, data, initial_weights=initial)
     assert set(values) == set(measures.MEASURES)
     assert values["distance_from_init"] == 0.0 and all(math.isfinite(v) for v in values.values())
-    with pytest.raises(ValueError, match="valid names: pacgen"):
+    with pytest.raises(ValueError, match="sharpnes; valid: pacgen"):
         measures.compute_all(model, data, measures=["sharpnes"])
+    with pytest.raises(ValueError, match="distance_from_init needs the weights at initialisation"):
+        measures.compute_all(model, data, measures=["weight_norm", "distance_from_init"])
+    with pytest.raises(ValueError, match="none given"):
+        measures.measure_names([])
+    assert measures.measure_names() == [n for n in measures.MEASURES if n != "distance_from_init"]
+    assert measures.measure_names(["sharpness"]) == ["sharpness"]
 
 
 def _unbuilt():

@@ -163,13 +163,9 @@ class PacGenCallback(PerturbationCallback):
 
 def plot_gap_and_psi(rows, path: str, title: str | None = None) -> str:
     """PNG of the generalization gap (left axis) and ψ (right axis) against epochs."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     epochs = [r["epoch"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    fig = reporting.figure(6, 4)
+    ax = fig.subplots()
     ax.plot(epochs, [r["gen_gap"] for r in rows], "o-", color="tab:blue", label="gap (test − train loss)")
     ax.set_xlabel("epoch")
     ax.set_ylabel("generalization gap", color="tab:blue")

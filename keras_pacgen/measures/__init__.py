@@ -59,19 +59,28 @@ MEASURES = {
 }
 
 
+def measure_names(measures=None, *, has_initial_weights: bool = False) -> list[str]:
+    """The names `compute_all` runs: `measures` checked against `MEASURES`, or by default all of
+    them, without ``distance_from_init`` when there are no initial weights."""
+    if measures is None:
+        return [n for n in MEASURES if n != "distance_from_init" or has_initial_weights]
+    names = list(measures)
+    unknown = [n for n in names if n not in MEASURES]
+    if unknown or not names:
+        raise ValueError(f"unknown measure(s) {', '.join(unknown) or '(none given)'}; valid: "
+                         f"{', '.join(MEASURES)}")
+    if "distance_from_init" in names and not has_initial_weights:
+        raise ValueError("distance_from_init needs the weights at initialisation "
+                         "(`initial_weights`, one array per trainable variable), which a saved "
+                         "model does not hold.")
+    return names
+
+
 def compute_all(model, data, *, measures=None, seed: int = 0, initial_weights=None,
                 verbose: int = 0) -> dict[str, float]:
     """``{name: value}`` of the `measures` named (default: all of `MEASURES`, without
     ``distance_from_init`` unless `initial_weights` is given), each with `seed`."""
-    names = list(measures) if measures is not None else [
-        n for n in MEASURES if n != "distance_from_init" or initial_weights is not None
-    ]
-    unknown = [n for n in names if n not in MEASURES]
-    if unknown:
-        raise ValueError(f"Unknown measure(s) {unknown}; valid names: {', '.join(MEASURES)}.")
-    if "distance_from_init" in names and initial_weights is None:
-        raise ValueError("`distance_from_init` needs `initial_weights` (the weights at "
-                         "initialisation, one array per trainable variable).")
+    names = measure_names(measures, has_initial_weights=initial_weights is not None)
     results = {}
     for name in names:
         kwargs = {"initial_weights": initial_weights} if name == "distance_from_init" else {}
@@ -89,6 +98,7 @@ __all__ = [
     "granulated_kendall",
     "hessian_trace",
     "kendall_tau",
+    "measure_names",
     "pac_bayes_bound",
     "pacbayes_flatness",
     "pacgen",
