@@ -88,7 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (("score", "print ψ and its parts for a saved model"),
                             ("measure", "print and save the generalization measures of a saved model")):
         command = sub.add_parser(name, help=help_text)
-        command.add_argument("path", help="a .keras file or an exported SavedModel folder")
+        command.add_argument("path", help="a .keras file (pacgen train writes runs/<run>/model.keras)")
         command.add_argument("--dataset", choices=NAMES, required=True)
         command.add_argument("--max-batches", type=_number(int, 1), default=10)
         command.add_argument("--batch-size", type=_number(int, 1), default=128)
@@ -99,8 +99,25 @@ def build_parser() -> argparse.ArgumentParser:
         else:
             command.add_argument("--measures", default=None,
                                  help=f"comma-separated, of: {', '.join(MEASURES)} (default: all "
-                                 "but distance_from_init)")
+                                 "but those from the initial weights, which a saved model lacks)")
             command.add_argument("--out", default=None, help="JSON file (default <path>.measures.json)")
+
+    study = sub.add_parser("study", help="run a study of many networks (serially, or on Ray), "
+                           "resumable, then its report")
+    study.add_argument("name", choices=("measures", "pertopt"))
+    study.add_argument("--quick", action="store_true", help="a smoke run: a few small networks")
+    study.add_argument("--seeds", type=_number(int, 1), default=None,
+                       help="seeds per setting (default: measures 3, pertopt 5)")
+    study.add_argument("--workers", type=_number(int, 1), default=1,
+                       help="trials at a time, each in its own process (Ray)")
+    study.add_argument("--address", default=None, help="a Ray cluster's address (ray.init)")
+    study.add_argument("--engine", choices=("auto", "serial", "ray"), default="auto",
+                       help="auto: Ray when installed and --workers > 1 or --address")
+    study.add_argument("--retries", type=_number(int, 0), default=0,
+                       help="attempts after a failure, per trial")
+    study.add_argument("--out", default=None,
+                       help="results folder (default results/measures, results/pertopt)")
+    study.add_argument("--resume", action="store_true", help="run only the trials --out lacks")
     return parser
 
 
@@ -171,27 +188,24 @@ def train(args) -> dict:
 
 
 def _load(args):
-    """The model at `args.path`, compiled with its loss, and the dataset's training split."""
+    """The model of the .keras file `args.path`, compiled with its loss, and the dataset's
+    training split."""
     import keras
 
     from keras_pacgen import datasets
 
     path = args.path
     if os.path.isdir(path):
-        if not os.path.exists(os.path.join(path, "saved_model.pb")):
-            raise UsageError(f"{path} is not a SavedModel folder (no saved_model.pb).")
-        model = None
-    elif not path.endswith(".keras") or not os.path.exists(path):
-        raise UsageError(f"{path} is neither a .keras file nor a SavedModel folder.")
-    else:
-        model = keras.models.load_model(path)
-        model = getattr(model, "model", model)  # the network inside a SAM wrapper
+        raise UsageError(
+            f"{path} is a SavedModel folder: an export serves a traced function, which ψ and the "
+            "measures cannot evaluate at other weights. Give the .keras file instead (pacgen "
+            "train writes it as runs/<run>/model.keras).")
+    if not path.endswith(".keras") or not os.path.exists(path):
+        raise UsageError(f"{path} is not a .keras file.")
+    model = keras.models.load_model(path)
+    model = getattr(model, "model", model)  # the network inside a SAM wrapper
     data = datasets.load(args.dataset, batch_size=args.batch_size, augment=False, shuffle=False,
                          data_dir=args.data_dir)
-    if model is None:  # an export holds the network only: serve it as a layer
-        inputs = keras.Input(data.input_shape)
-        layer = keras.layers.TFSMLayer(path, call_endpoint="serve", trainable=True)
-        model = keras.Model(inputs, layer(inputs))
     if getattr(model, "loss", None) is None:
         model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     return model, data
@@ -229,6 +243,18 @@ def measure(args) -> dict:
     return values
 
 
+def study(args) -> dict:
+    from keras_pacgen import studies
+    from keras_pacgen.studies.store import StudyError
+
+    try:
+        return studies.run(args.name, args.out, quick=args.quick, seeds=args.seeds,
+                           workers=args.workers, address=args.address, engine=args.engine,
+                           resume=args.resume, retries=args.retries)
+    except StudyError as err:  # a folder of another study, a missing Ray: say so, no traceback
+        raise UsageError(str(err)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = build_parser().parse_args(argv)
@@ -237,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*PerturbationCallback.*")
-            {"train": train, "score": score, "measure": measure}[args.command](args)
+            {"train": train, "score": score, "measure": measure, "study": study}[args.command](args)
     except DatasetUnavailableError as err:
         print(f"pacgen: {err}", file=sys.stderr)
         return 2

@@ -20,7 +20,7 @@ import keras
 from keras_pacgen import _validation as check
 from keras_pacgen import datasets, models
 from keras_pacgen.callbacks import PerturbationCallback
-from keras_pacgen.measures import _common
+from keras_pacgen.measures import _common, read
 from keras_pacgen.optimizers import PerturbedAdam, PerturbedSGD
 from keras_pacgen.perturbation import PERTURBATION_DEFAULTS
 from keras_pacgen.sam import SharpnessAwareMinimization
@@ -109,13 +109,19 @@ class RunResult:
 
 
 class StopAtLoss(keras.callbacks.Callback):
-    """Stops training once the model's loss on `data` (arrays (x, y); the clean weights: put it
-    after a `PerturbationCallback`) is at most `target`, checked every epoch, or once `max_steps`
-    steps are done; `converged` says which. Logs ``clean_train_loss``."""
+    """Stops training once the model's data loss on `data` (arrays (x, y); the clean weights: put
+    it after a `PerturbationCallback`) is at most `target`, checked every epoch, or once
+    `max_steps` steps are done; `converged` says which. Logs ``clean_train_loss``.
 
-    def __init__(self, data, target: float | None, max_steps: int | None = None):
+    The loss is the compiled loss without ``model.losses`` (Jiang et al.'s criterion: training
+    cross-entropy 0.01), so that a strongly regularised network can converge too;
+    ``include_regularization=True`` adds them."""
+
+    def __init__(self, data, target: float | None, max_steps: int | None = None, *,
+                 include_regularization: bool = False):
         super().__init__()
         self.data, self.target, self.max_steps = data, target, max_steps
+        self.include_regularization = include_regularization
         self.converged = target is None
         self._loss = None
 
@@ -130,10 +136,12 @@ class StopAtLoss(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def loss(self) -> float:
-        """The compiled loss on all of `data` (a traced function, built once: at every epoch of a
-        small dataset `evaluate()`'s own overhead would cost more than the pass)."""
+        """The loss on all of `data` (a traced function, built once: at every epoch of a small
+        dataset `evaluate()`'s own overhead would cost more than the pass)."""
         if self._loss is None:
-            self._loss = _common.Loss(self.model, _common.batches(self.data, batch_size=1024))
+            self._loss = _common.Objective(self.model, read(self.data, batch_size=1024),
+                                           include_regularization=self.include_regularization)
+        self._loss.refresh()
         return self._loss.value()
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from keras_pacgen import measures
+from keras_pacgen import cli, measures, studies
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,57 +26,51 @@ def script(relative: str):
 @pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "tiny_imagenet"])
 def test_paper_image_classification_runs_a_few_steps_on_mock_data(dataset, tmp_path):
     paper = script("examples/paper_image_classification.py")
+    methods = ["perturbed", "dropout_0.1"] if dataset == "cifar10" else ["perturbed"]
     with tfds.testing.mock_data(num_examples=16):
         summary = paper.main(["--dataset", dataset, "--epochs", "1", "--steps", "2", "--depth", "10",
-                              "--width", "1", "--no-download", "--methods", "perturbed,dropout_0.1",
+                              "--width", "1", "--no-download", "--methods", ",".join(methods),
                               "--out", str(tmp_path)])
-    assert set(summary) == {"perturbed", "dropout_0.1"}
+    assert set(summary) == set(methods)
     assert (tmp_path / "accuracy.png").exists() and (tmp_path / "curves.csv").exists()
     saved = json.loads((tmp_path / "summary.json").read_text())
     assert saved["settings"]["gamma"] == (1.0 if dataset == "tiny_imagenet" else 10.0)
 
 
-def test_measures_study_quick_writes_its_files(tmp_path):
-    study = script("examples/measures_study.py")
-    kendall = study.main(["--quick", "--out", str(tmp_path)])
-    rows = list(csv.DictReader(open(tmp_path / "runs.csv")))
-    assert len(rows) == 3
-    hyperparameters = list(study.HYPERPARAMETERS)
-    for column in ("dataset", *hyperparameters, "seed", "steps", "converged", "train_loss",
-                   "test_loss", "gap", "psi", "psi_hutchinson", "psi_per_parameter",
-                   "pac_bayes_bound", "sharpness", "distance_from_init", "spectral_norm_product"):
+def test_measures_study_quick_runs_through_the_runner_and_reports_from_the_store(tmp_path):
+    out = tmp_path / "measures"
+    assert cli.main(["study", "measures", "--quick", "--out", str(out)]) == 0
+    entries = studies.results(str(out))
+    assert len(entries) == 2 and all(e["status"] == "ok" for e in entries)
+    rows = list(csv.DictReader(open(out / "runs.csv")))
+    for column in ("dataset", "batch_size", "seed", "steps", "converged", "train_loss", "error_gap",
+                   "loss_gap", "pacgen", "psi_per_parameter", *studies.measures_study.QUICK["measures"]):
         assert column in rows[0], column
     # every converged network stopped at the criterion: clean training cross-entropy <= 0.01
     assert all(float(r["train_loss"]) <= 0.01 for r in rows if r["converged"] == "True")
-    saved = json.loads((tmp_path / "kendall.json").read_text())
-    entry = saved["digits"]
-    assert entry["networks"] == 3 and entry["converged"] == sum(r["converged"] == "True" for r in rows)
-    assert set(entry["measures"]["psi"]) == {"overall", "granulated", "per_hyperparameter"}
+    ranking = json.loads((out / "ranking.json").read_text())["ranking"]["digits"]
+    assert ranking["networks"] == 2 and set(ranking["measures"]["pacgen"]) == {"error_gap", "loss_gap"}
     converged = [r for r in rows if r["converged"] == "True"]
-    tau = measures.kendall_tau([float(r["sharpness"]) for r in converged],
-                               [float(r["gap"]) for r in converged])
-    assert entry["measures"]["sharpness"]["overall"] == pytest.approx(tau, nan_ok=True)
-    assert kendall["digits"]["networks"] == 3
+    tau = measures.kendall_tau([float(r["keskar_sharpness"]) for r in converged],
+                               [float(r["error_gap"]) for r in converged])
+    assert ranking["measures"]["keskar_sharpness"]["error_gap"]["tau"] == pytest.approx(tau, nan_ok=True)
     for name in ("measures_vs_gap.png", "sweep_curves.png"):
-        assert (tmp_path / name).stat().st_size > 1000, name
-    points = list(csv.DictReader(open(tmp_path / "curves.csv")))  # gap and ψ along the sweeps
-    assert points and {"step", "gap", "psi", "batch_size"} <= set(points[0])
+        assert (out / name).stat().st_size > 1000, name
+    assert entries[0]["outputs"]["curve"]  # gap and ψ along the sweep, stored with the trial
 
 
-def test_accuracy_study_quick_writes_its_files(tmp_path):
-    study = script("benchmarks/accuracy.py")
-    summary = study.main(["--quick", "--out", str(tmp_path)])
-    rows = list(csv.DictReader(open(tmp_path / "accuracy_runs.csv")))
-    assert {"method", "dataset", "gamma", "eta", "dropout", "rho", "seed", "val_accuracy",
-            "test_accuracy", "gap", "capped_share"} <= set(rows[0])
-    assert {r["method"] for r in rows} == {"adam", "dropout", "sam", "pertopt", "pertopt_dropout",
-                                           "pertopt_paper"}
+def test_pertopt_study_quick_declares_its_second_stage_and_reports(tmp_path):
+    summary = studies.run("pertopt", str(tmp_path), quick=True, verbose=0)
+    entries = studies.results(str(tmp_path))
+    methods = [e["hyperparameters"]["method"] for e in entries]
+    assert set(methods) == {"adam", "dropout", "sam", "pertopt", "pertopt_paper", "pertopt_dropout"}
+    assert methods[-1] == "pertopt_dropout" and all(e["status"] == "ok" for e in entries)
+    rows = list(csv.DictReader(open(tmp_path / "runs.csv")))
     pertopt = [r for r in rows if r["method"] == "pertopt"]
-    assert len(pertopt) == 2 and all(0 <= float(r["capped_share"]) <= 1 for r in pertopt)
-    chosen = summary["datasets"]["digits"]["chosen"]
-    best = max((r for r in pertopt), key=lambda r: float(r["val_accuracy"]))
-    assert chosen[3]["val_accuracy"] == pytest.approx(float(best["val_accuracy"]))
-    assert (tmp_path / "accuracy_heatmap.png").stat().st_size > 1000
+    assert all(0 <= float(r["capped_share"]) <= 1 for r in pertopt)
+    chosen = {c["method"]: c for c in summary["datasets"]["digits"]["chosen"]}
+    assert chosen["pertopt"]["val_accuracy"] == pytest.approx(max(float(r["val_accuracy"]) for r in pertopt))
+    assert (tmp_path / "pertopt_heatmap.png").stat().st_size > 1000
 
 
 def test_step_time_ratio_is_paired_by_round():

@@ -12,8 +12,7 @@ import tensorflow as tf
 from keras_pacgen import _validation as check
 from keras_pacgen import reporting
 from keras_pacgen.callbacks.perturbation import PerturbationCallback
-from keras_pacgen.measures import ESTIMATORS, pacgen_score
-from keras_pacgen.measures._common import as_dataset
+from keras_pacgen.measures import ESTIMATORS, pacgen_score, read
 
 LOG_KEYS = ("clean_train_loss", "clean_test_loss", "gen_gap", "pacgen")
 
@@ -64,12 +63,16 @@ class PacGenCallback(PerturbationCallback):
         )
         self.gamma = check.check_float("gamma", gamma, low=0.0)
         self.epsilon = check.check_float("epsilon", epsilon, low=0.0, low_inclusive=False)
-        self._train = as_dataset(train_data, batch_size=self.batch_size, name="train_data")
-        self._train = self._train.take(self.train_batches).cache()
-        self._test = as_dataset(test_data, batch_size=self.batch_size, name="test_data")
-        for name, ds in (("train_data", self._train), ("test_data", self._test)):
-            if ds.cardinality() == 0 or not any(True for _ in ds.take(1)):
-                raise ValueError(f"`{name}` is empty: it yielded no batches.")
+        if isinstance(train_data, tf.data.Dataset):  # read only the batches used
+            train_data = train_data.take(self.train_batches)
+        train = read(train_data, batch_size=self.batch_size, name="train_data")
+        self._train = train.head(self.train_batches * self.batch_size)
+        if isinstance(test_data, tf.data.Dataset):  # streamed: the test set may be large
+            if test_data.cardinality() == 0 or not any(True for _ in test_data.take(1)):
+                raise ValueError("`test_data` is empty: it yielded no batches.")
+            self._test = test_data
+        else:
+            self._test = read(test_data, batch_size=self.batch_size, name="test_data").dataset()
         self.csv_path, self.tensorboard_dir, self.histograms, self.plot_path = (
             csv_path,
             tensorboard_dir,
@@ -112,7 +115,7 @@ class PacGenCallback(PerturbationCallback):
     # ------------------------------------------------------------------ measurements
     def measure(self) -> dict[str, float]:
         """Clean train/test loss, gap and ψ of the model's current (clean) weights."""
-        train_loss = self.model.evaluate(self._train, verbose=0, return_dict=True)["loss"]
+        train_loss = self.model.evaluate(self._train.dataset(), verbose=0, return_dict=True)["loss"]
         test_loss = self.model.evaluate(self._test, verbose=0, return_dict=True)["loss"]
         return {
             "clean_train_loss": float(train_loss),
@@ -130,7 +133,7 @@ class PacGenCallback(PerturbationCallback):
         if estimator == "optimizer":
             return float(psi_from_optimizer(self.model, gamma=self.gamma, epsilon=self.epsilon))
         score = pacgen_score(
-            self.model, self._train, estimator=estimator, max_batches=self.train_batches,
+            self.model, self._train, estimator=estimator, batch_size=self.batch_size,
             gamma=self.gamma, epsilon=self.epsilon, verbose=0,
         )
         return score.psi

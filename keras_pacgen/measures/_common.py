@@ -1,23 +1,45 @@
-"""What every measure shares: the checks, the data, the model's loss and its derivatives.
+"""What every measure shares: the checks, and the model's loss, error and their derivatives as
+functions of its trainable weights.
 
-The loss of a measure is the model's compiled loss plus ``model.losses`` (regularisation), as
-`keras.Model.compute_loss` computes it, averaged over the batches of `data` (weighted by batch
-size), in inference mode (``training=False``: no dropout, BatchNorm's moving statistics).
+The loss of a measure is the model's **data loss**: the compiled loss over the samples (with
+their sample weights), averaged as `keras.Model.evaluate` averages it, without ``model.losses``
+(weight decay and other regularisers), in inference mode (``training=False``: no dropout,
+BatchNorm's moving statistics). ``include_regularization=True`` adds ``model.losses``. Every
+function takes the weights as an argument (`keras.Model.stateless_call`): a measure evaluates
+the model at ``w + u`` without writing into its variables.
 """
 
 from __future__ import annotations
 
 import contextlib
+import contextvars
 from collections.abc import Iterator
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_pacgen import _validation as check
+from keras_pacgen.measures.data import Samples, read
+from keras_pacgen.perturbation import keras_internals
 
 
-def _variables(model) -> list:
+def to_numpy(value) -> np.ndarray:
+    """A tensor, variable or array as a float64 numpy array."""
+    return np.array(value.numpy() if hasattr(value, "numpy") else value, np.float64)
+
+
+def layers(model):
+    """Every layer of `model`, nested models flattened, in order."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from layers(layer)
+        else:
+            yield layer
+
+
+def check_model(model, *, needs_loss: bool = True, finite: bool = True) -> list:
+    """The model's trainable variables, after checking that it can be measured (`finite`: that
+    no weight is NaN or infinite)."""
     if not isinstance(model, keras.Model):
         raise ValueError(f"`model` must be a keras.Model. Received: {type(model).__name__}")
     if not model.built:
@@ -25,152 +47,214 @@ def _variables(model) -> list:
     variables = list(model.trainable_variables)
     if not variables:
         raise ValueError("`model` has no trainable variables to measure.")
-    return variables
-
-
-def check_model(model) -> list:
-    """The model's trainable variables, after checking that it can be measured."""
-    variables = _variables(model)
-    if getattr(model, "loss", None) is None:
+    if any(isinstance(layer, keras.layers.TFSMLayer) for layer in layers(model)):
+        raise ValueError("`model` serves a SavedModel (keras.layers.TFSMLayer): its traced function "
+                         "reads its own variables, so it cannot be evaluated at other weights. "
+                         "Measure the Keras model (e.g. keras.models.load_model('model.keras')).")
+    if needs_loss and getattr(model, "loss", None) is None:
         raise ValueError(
             "`model` has no loss: compile it first, e.g. model.compile(loss="
             "keras.losses.SparseCategoricalCrossentropy(from_logits=True)). The measures use the "
-            "compiled loss plus model.losses."
+            "compiled loss."
         )
+    bad = [v.path for v in variables if finite and not np.all(np.isfinite(v.numpy()))]
+    if bad:
+        raise ValueError(f"`model` has non-finite weights (NaN or Inf) in {', '.join(bad)}: a "
+                         "diverged network cannot be measured.")
     return variables
 
 
-def as_dataset(data, *, batch_size: int = 256, name: str = "data"):
-    """`data` (a tf.data.Dataset of (x, y) or (x, y, w), batched or not, or a tuple (x, y) of
-    arrays) as a batched tf.data.Dataset."""
-    check.check_int("batch_size", batch_size, low=1)
-    if isinstance(data, tf.data.Dataset):
-        spec = data.element_spec
-        first = spec[0] if isinstance(spec, tuple) else spec
-        batched = isinstance(first, tf.TensorSpec) and first.shape.rank and first.shape[0] is None
-        return data if batched else data.batch(batch_size)
-    if isinstance(data, (tuple, list)) and len(data) in (2, 3):
-        if len(data[0]) == 0:
-            raise ValueError(f"`{name}` is empty: it holds no samples.")
-        return tf.data.Dataset.from_tensor_slices((data[0], data[1])).batch(batch_size)
-    raise ValueError(f"`{name}` must be a tf.data.Dataset of (x, y) batches or a tuple (x, y) of "
-                     f"arrays. Received: {type(data).__name__}")
-
-
-def batches(data, *, batch_size: int = 256, max_batches: int | None = None) -> list:
-    """`data` (see `as_dataset`) as a list of (x, y) batches, at most `max_batches` of them."""
-    check.check_int("max_batches", max_batches, low=1, allow_none=True)
-    data = as_dataset(data, batch_size=batch_size)
-    if max_batches is not None:
-        data = data.take(max_batches)
-    out = [(b[0], b[1]) for b in data]
-    if not out:
-        raise ValueError("`data` is empty: it yielded no batches.")
-    return out
-
-
-def num_samples(data_batches) -> int:
-    return sum(int(x.shape[0]) for x, _ in data_batches)
-
-
-class Loss:
-    """The model's loss and its derivatives on a fixed list of batches, as traced functions."""
-
-    def __init__(self, model, data_batches, loss=None):
-        """`loss` overrides the compiled loss (a Keras loss or its name); model.losses still count."""
-        self.model, self.batches = model, data_batches
-        self._override = None if loss is None else keras.losses.get(loss)
-        self.variables = check_model(model) if loss is None else _variables(model)
-        self._weights = np.array([int(x.shape[0]) for x, _ in data_batches], np.float64)
-        self._weights /= self._weights.sum()
-
-        @tf.function(reduce_retracing=True)
-        def value(x, y):
-            return self._loss(x, y)
-
-        @tf.function(reduce_retracing=True)
-        def gradient(x, y):
-            with tf.GradientTape() as tape:
-                loss = self._loss(x, y)
-            return tape.gradient(loss, self.variables, unconnected_gradients="zero")
-
-        @tf.function(reduce_retracing=True)
-        def hessian_vector_product(x, y, vector):
-            with tf.GradientTape() as outer:
-                with tf.GradientTape() as inner:
-                    loss = self._loss(x, y)
-                grads = inner.gradient(loss, self.variables, unconnected_gradients="zero")
-                dot = tf.add_n([tf.reduce_sum(g * tf.cast(v, g.dtype)) for g, v in zip(grads, vector)])
-            return outer.gradient(dot, self.variables, unconnected_gradients="zero")
-
-        self._value, self._gradient, self._hvp = value, gradient, hessian_vector_product
-
-    def _loss(self, x, y):
-        y_pred = self.model(x, training=False)
-        if self._override is None:
-            return self.model.compute_loss(x=x, y=y, y_pred=y_pred, training=False)
-        total = tf.reduce_mean(self._override(y, y_pred))
-        return total + tf.add_n(self.model.losses) if self.model.losses else total
-
-    def batch_gradient(self, index: int) -> list:
-        """∇L̂ on batch `index` alone, one tensor per variable."""
-        return self._gradient(*self.batches[index])
-
-    def batch_hessian_vector_product(self, index: int, vector) -> list:
-        """H v on batch `index` alone."""
-        vector = [tf.constant(v, var.dtype) for v, var in zip(vector, self.variables)]
-        return self._hvp(*self.batches[index], vector)
-
-    def value(self) -> float:
-        """L̂(w) over all batches."""
-        return float(sum(w * float(self._value(x, y)) for w, (x, y) in zip(self._weights, self.batches)))
-
-    def gradient(self) -> list[np.ndarray]:
-        """∇L̂(w), one array per variable."""
-        return self._combine(lambda x, y: self._gradient(x, y))
-
-    def hessian_vector_product(self, vector) -> list[np.ndarray]:
-        """H v for `vector` (one array per variable): exact, by differentiating ∇L̂·v."""
-        vector = [tf.constant(v, var.dtype) for v, var in zip(vector, self.variables)]
-        return self._combine(lambda x, y: self._hvp(x, y, vector))
-
-    def _combine(self, per_batch):
-        total = [np.zeros(v.shape, np.float64) for v in self.variables]
-        for w, (x, y) in zip(self._weights, self.batches):
-            for acc, part in zip(total, per_batch(x, y)):
-                acc += w * np.asarray(part, np.float64)
-        return total
-
-
-def per_sample_losses(model, x, y):
-    """ℓ_i for each sample of a batch: the compiled loss without reduction, plus model.losses."""
+def from_logits(model) -> bool:
+    """Whether the compiled loss reads logits (``from_logits=True``) rather than probabilities."""
     loss = model.loss
-    if isinstance(loss, (dict, list, tuple)):
-        raise ValueError("Per-sample losses need a model compiled with one loss for one output.")
-    fn = loss.call if isinstance(loss, keras.losses.Loss) else keras.losses.get(loss)
-    values = tf.reshape(fn(y, model(x, training=False)), (-1,))
-    if model.losses:
-        values = values + tf.add_n([tf.cast(a, values.dtype) for a in model.losses])
-    return values
+    if isinstance(loss, keras.losses.Loss):
+        return bool(loss.get_config().get("from_logits", False))
+    return False
 
 
-def weights(model) -> list[np.ndarray]:
-    return [v.numpy() for v in model.trainable_variables]
+def misclassified(y, y_pred, logits: bool):
+    """1.0 where the predicted class is not the label, per sample: labels as class indices or
+    one-hot; one output unit is a binary classifier (threshold 0 on logits, 0.5 otherwise)."""
+    if y_pred.shape[-1] == 1:
+        predicted = tf.cast(y_pred[..., 0] > (0.0 if logits else 0.5), tf.int64)
+        labels = tf.cast(tf.round(tf.reshape(tf.cast(y, tf.float32), tf.shape(predicted))), tf.int64)
+    else:
+        predicted = tf.argmax(y_pred, axis=-1)
+        one_hot = y.shape.rank == y_pred.shape.rank and y.shape[-1] == y_pred.shape[-1]
+        labels = tf.argmax(y, axis=-1) if one_hot else tf.reshape(tf.cast(y, tf.int64), tf.shape(predicted))
+    return tf.cast(tf.not_equal(predicted, labels), tf.float32)
 
 
-@contextlib.contextmanager
-def shifted(variables, base: list[np.ndarray]) -> Iterator:
-    """Inside: ``set(deltas)`` puts ``base + deltas`` into `variables`; after, exactly `base`."""
+class _Wrapped(keras.losses.Loss):
+    """A loss function as a `keras.losses.Loss`: per-sample values, sample weights, reduction."""
 
-    def set_deltas(deltas):
-        for v, w, d in zip(variables, base, deltas):
-            v.assign((w + d).astype(w.dtype))
+    def __init__(self, fn):
+        super().__init__(name=getattr(fn, "__name__", "loss"))
+        self.fn = fn
 
-    try:
-        yield set_deltas
-    finally:
-        for v, w in zip(variables, base):
-            v.assign(w)
+    def call(self, y_true, y_pred):
+        return self.fn(y_true, y_pred)
+
+
+def as_loss(loss) -> keras.losses.Loss:
+    """One Keras loss (an object, a name or a function) as a `keras.losses.Loss`."""
+    if isinstance(loss, (dict, list, tuple)) or loss is None:
+        raise ValueError("This measure needs a model compiled with one loss for one output "
+                         f"(per-sample losses). Received: loss={loss!r}")
+    loss = keras.losses.get(loss)
+    return loss if isinstance(loss, keras.losses.Loss) else _Wrapped(loss)
+
+
+class Objective:
+    """The model's loss L̂(w) and 0-1 error on fixed `samples`, with gradients and exact
+    Hessian-vector products, all as functions of the trainable weights `w` (a list of tensors,
+    one per ``model.trainable_variables``; None: the model's current weights)."""
+
+    def __init__(self, model, samples: Samples, *, include_regularization: bool = False,
+                 loss=None):
+        """`loss` overrides the compiled loss (a Keras loss or its name)."""
+        self.model, self.samples = model, samples
+        self.variables = check_model(model, needs_loss=False, finite=False)
+        self.batches = samples.batches()
+        self.num_samples = len(samples)
+        sizes = np.array([int(y.shape[0]) for _, y, _ in self.batches], np.float64)
+        self._fractions = sizes / sizes.sum()
+        self._override = as_loss(loss) if loss is not None else None
+        self._loss = self._override or keras_internals.compiled_loss(model)
+        self._regularized = include_regularization
+        self._logits = from_logits(model)
+        self.refresh()
+
+        @tf.function(reduce_retracing=True)
+        def value(w, fixed, x, y, sw):
+            return self._batch_loss(w, fixed, x, y, sw)
+
+        @tf.function(reduce_retracing=True)
+        def errors(w, fixed, x, y, sw):
+            wrong = misclassified(y, self.predict(w, x, fixed), self._logits)
+            return tf.reduce_sum(wrong * sw), tf.reduce_sum(sw)
+
+        @tf.function(reduce_retracing=True)
+        def gradient(w, fixed, x, y, sw):
+            with tf.GradientTape() as tape:
+                tape.watch(w)
+                loss = self._batch_loss(w, fixed, x, y, sw)
+            return tape.gradient(loss, w, unconnected_gradients="zero")
+
+        @tf.function(reduce_retracing=True)
+        def hessian_vector_product(w, fixed, x, y, sw, vector):
+            with tf.GradientTape() as outer:
+                outer.watch(w)
+                with tf.GradientTape() as inner:
+                    inner.watch(w)
+                    loss = self._batch_loss(w, fixed, x, y, sw)
+                grads = inner.gradient(loss, w, unconnected_gradients="zero")
+                dot = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vector)])
+            return outer.gradient(dot, w, unconnected_gradients="zero")
+
+        self._value, self._errors = value, errors
+        self._gradient, self._hvp = gradient, hessian_vector_product
+        self._at = {}
+
+    def refresh(self) -> None:
+        """Take the model's current weights (and BatchNorm statistics) as its weights."""
+        self.weights = [tf.identity(v) for v in self.variables]
+        self.fixed = [tf.identity(v) for v in self.model.non_trainable_variables]
+
+    def predict(self, w, x, fixed=None):
+        """The model's outputs at weights `w` (inference mode)."""
+        fixed = self.fixed if fixed is None else fixed
+        return self.model.stateless_call(w, fixed, x, training=False)[0]
+
+    def _batch_loss(self, w, fixed, x, y, sw):
+        y_pred, _, extra = self.model.stateless_call(w, fixed, x, training=False,
+                                                     return_losses=True)
+        loss = tf.cast(self._loss(y, y_pred, sample_weight=sw), tf.float32)
+        if self._regularized and extra:
+            loss += tf.add_n([tf.cast(tf.reduce_sum(a), tf.float32) for a in extra])
+        return loss
+
+    def per_sample_losses(self, w, x, y):
+        """ℓ_i of each sample of a batch (unweighted), plus ``model.losses`` when regularised."""
+        loss = self._override or as_loss(self.model.loss)
+        y_pred, _, extra = self.model.stateless_call(w, self.fixed, x, training=False,
+                                                     return_losses=True)
+        fn = loss.call
+        values = tf.reshape(tf.cast(fn(y, y_pred), tf.float32), (-1,))
+        if self._regularized and extra:
+            values += tf.add_n([tf.cast(tf.reduce_sum(a), tf.float32) for a in extra])
+        return values
+
+    def _w(self, weights):
+        if weights is None:
+            return self.weights
+        return [tf.cast(tf.convert_to_tensor(a), v.dtype) for a, v in zip(weights, self.variables)]
+
+    def value(self, weights=None) -> float:
+        """L̂(w) over all samples."""
+        w = self._w(weights)
+        return float(sum(f * float(self._value(w, self.fixed, *b)) for f, b in zip(self._fractions, self.batches)))
+
+    def error(self, weights=None) -> float:
+        """The 0-1 error of w: the (sample-weighted) fraction of misclassified samples."""
+        w = self._w(weights)
+        wrong = total = 0.0
+        for b in self.batches:
+            a, n = self._errors(w, self.fixed, *b)
+            wrong, total = wrong + float(a), total + float(n)
+        return wrong / total if total else 0.0
+
+    def gradient(self, weights=None) -> list:
+        """∇L̂(w), one tensor per variable."""
+        w = self._w(weights)
+        return self._combine([self._gradient(w, self.fixed, *b) for b in self.batches])
+
+    def hessian_vector_product(self, vector, weights=None) -> list:
+        """H v (one tensor per variable): exact, by differentiating ∇L̂·v."""
+        w, v = self._w(weights), self._w(vector)
+        return self._combine([self._hvp(w, self.fixed, *b, v) for b in self.batches])
+
+    def values_at(self, perturb, arguments, seeds, criterion: str) -> np.ndarray:
+        """The 0-1 error (``criterion="error"``) or the loss at ``perturb(w, *arguments, seed)``
+        for each seed pair of `seeds`, all of them in one traced call per batch (`tf.map_fn`)."""
+        if (perturb, criterion) not in self._at:
+            self._at[perturb, criterion] = self._values_at_function(perturb, criterion)
+        fn, seeds = self._at[perturb, criterion], tf.constant(seeds, tf.int64)
+        parts = [fn(self.weights, self.fixed, arguments, seeds, *b) for b in self.batches]
+        if criterion == "error":
+            return np.sum([p.numpy() for p in parts], axis=0) / float(np.sum(self.samples.sample_weight))
+        return np.sum([f * p.numpy() for f, p in zip(self._fractions, parts)], axis=0)
+
+    def _values_at_function(self, perturb, criterion):
+        @tf.function(reduce_retracing=True)
+        def values(w, fixed, arguments, seeds, x, y, sw):
+            def one(seed):
+                shifted = perturb(w, *arguments, seed)
+                if criterion == "error":
+                    wrong = misclassified(y, self.predict(shifted, x, fixed), self._logits)
+                    return tf.reduce_sum(wrong * sw)
+                return self._batch_loss(shifted, fixed, x, y, sw)
+
+            return tf.map_fn(one, seeds, fn_output_signature=tf.float32)
+
+        return values
+
+    def batch_gradient(self, index: int, weights=None) -> list:
+        """∇L̂ on batch `index` alone."""
+        return self._gradient(self._w(weights), self.fixed, *self.batches[index])
+
+    def batch_hessian_vector_product(self, index: int, vector, weights=None) -> list:
+        """H v on batch `index` alone."""
+        return self._hvp(self._w(weights), self.fixed, *self.batches[index], self._w(vector))
+
+    def _combine(self, parts) -> list:
+        return [tf.add_n([tf.cast(f, p[k].dtype) * p[k] for f, p in zip(self._fractions, parts)])
+                for k in range(len(self.variables))]
+
+
+def dot(a, b) -> float:
+    """Σ_k ⟨a_k, b_k⟩ of two lists of tensors, in float64."""
+    return float(sum(tf.reduce_sum(tf.cast(x, tf.float64) * tf.cast(y, tf.float64)) for x, y in zip(a, b)))
 
 
 def progress(verbose: int, target: int, unit: str = "step"):
@@ -181,3 +265,48 @@ def progress(verbose: int, target: int, unit: str = "step"):
 def tick(bar, values=None) -> None:
     if bar is not None:
         bar.add(1, values=values)
+
+
+_SHARED: contextvars.ContextVar[dict | None] = contextvars.ContextVar("measures_shared", default=None)
+
+
+@contextlib.contextmanager
+def shared() -> Iterator[None]:
+    """Inside, measures of one model on one dataset share what they compute once: the samples
+    read, the traced functions, σ′, α′, the margin (`compute_all` measures inside one)."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
+
+
+def memo(key, compute):
+    """`compute()`, or inside `shared` the value it gave for `key` before."""
+    cache = _SHARED.get()
+    if cache is None:
+        return compute()
+    if key not in cache:
+        cache[key] = compute()
+    return cache[key]
+
+
+def objective(model, data, *, batch_size: int = 256, max_samples: int | None = None,
+              max_batches: int | None = None, seed: int = 0,
+              include_regularization: bool = False, loss=None,
+              needs_loss: bool = True) -> Objective:
+    """The `Objective` of `model` on `data` (read by `data.read`; `max_batches`: only the first
+    batches), shared inside `shared`; `needs_loss=False` for measures of the outputs only."""
+    check_model(model, needs_loss=needs_loss and loss is None)
+
+    def build():
+        samples = memo(("samples", id(data), batch_size, max_samples, seed),
+                       lambda: read(data, model=model, batch_size=batch_size,
+                                    max_samples=max_samples, seed=seed))
+        if max_batches is not None:
+            samples = samples.head(max_batches * batch_size)
+        return Objective(model, samples, include_regularization=include_regularization, loss=loss)
+
+    key = ("objective", id(model), id(data), batch_size, max_samples, max_batches, seed,
+           include_regularization, loss if loss is None or isinstance(loss, str) else id(loss))
+    return memo(key, build)

@@ -34,3 +34,10 @@ def distribution_strategy(optimizer) -> tf.distribute.Strategy:
     """The `tf.distribute.Strategy` the optimizer was created under. Needed to remove or re-apply
     the perturbation from a callback, which may run outside that strategy's scope."""
     return optimizer._distribution_strategy
+
+
+def compiled_loss(model):
+    """The loss `compile(loss=...)` built, callable as ``loss(y, y_pred, sample_weight)``, without
+    ``model.losses``. Keras keeps it private (``_compile_loss``); ``compute_loss`` always adds the
+    regularisation losses, and the generalization measures are defined on the data loss alone."""
+    return model._compile_loss

@@ -1,7 +1,5 @@
-"""Does PertOPT beat tuned baselines, and does its curvature part (h, ρ, η) matter?
-
-    python benchmarks/accuracy.py                              # the study: about 40 min on 2 CPU cores
-    python benchmarks/accuracy.py --quick --out /tmp/accuracy  # a smoke run, under a minute
+"""The PertOPT study: does PertOPT beat tuned baselines, and does its curvature part (h, ρ, η)
+matter?
 
 On MNIST-1D (`conv_net`, 30 epochs, batch 64) and scikit-learn's digits (the PyTorch MNIST network,
 40 epochs, batch 32), Adam at learning rate 1e-3 for every method, the same epochs for all:
@@ -13,29 +11,28 @@ On MNIST-1D (`conv_net`, 30 epochs, batch 64) and scikit-learn's digits (the PyT
   the paper's η = 0.01, σ is capped by κ on nearly every coordinate (noise of size γ|w|/log(1+epoch)
   with no curvature in it); from 1e8 up, σ < κ on more and more coordinates. The share of
   perturbed coordinates with σ = κ at the end of training is recorded for each run;
-* ``pertopt_dropout``: the best PertOPT cell with the best dropout rate;
+* ``pertopt_dropout``: the best PertOPT cell with the best dropout rate (declared once a
+  dataset's other trials are recorded);
 * ``pertopt_paper``: the paper's two settings as they are, not tuned: its CIFAR γ = 10, η = 0.01
   and its Tiny ImageNet γ = 1, η = 100 (both with ε = 1e-5, here with Adam).
 
-Every setting is trained with --seeds seeds on the training split minus a validation split (20%,
-carved with a fixed permutation); each family's setting is chosen by mean validation accuracy, and
-its test accuracy and clean gap (test − train cross-entropy) are reported as mean ± std over the
-seeds. Writes accuracy_runs.csv (one row per run), accuracy.json (the chosen settings, the table,
-every setting's means) and accuracy_heatmap.png (validation accuracy over (γ, η) per dataset).
+Every setting is trained with each seed (default 5) on the training split minus a validation split
+(20%, carved with a fixed permutation); each family's setting is chosen by mean validation
+accuracy, and its test accuracy and clean gap (test − train cross-entropy) are reported as mean ±
+std over the seeds. The report writes runs.csv, pertopt.json (the chosen settings, every
+setting's means) and pertopt_heatmap.png (validation accuracy over (γ, η) per dataset).
 """
 
 from __future__ import annotations
 
 import math
 import os
-import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+import numpy as np
 
-import numpy as np  # noqa: E402
-
-from keras_pacgen import reporting, training  # noqa: E402
-from keras_pacgen.perturbation import formulas  # noqa: E402
+from keras_pacgen import reporting, training
+from keras_pacgen.perturbation import formulas
+from keras_pacgen.studies.study import Study, Trial, register
 
 SETTINGS = {
     "mnist1d": dict(model="conv_net", epochs=30, batch_size=64),
@@ -44,8 +41,9 @@ SETTINGS = {
 GAMMAS, ETAS = (0.1, 0.3, 1.0, 3.0), (0.01, 1e8, 1e10, 1e12)
 PAPER = ({"gamma": 10.0, "eta": 0.01}, {"gamma": 1.0, "eta": 100.0})  # CIFAR, Tiny ImageNet
 DROPOUTS, RHOS = (0.1, 0.3, 0.5), (0.01, 0.05, 0.1)
-QUICK = dict(datasets=("digits",), epochs=1, gammas=(1.0,), etas=(0.01, 1e10), dropouts=(0.3,),
+QUICK = dict(datasets=("digits",), epochs=1, gammas=(1.0,), etas=(1e10,), dropouts=(0.3,),
              rhos=(0.05,), paper=PAPER[:1])
+KNOBS = ("gamma", "eta", "dropout", "rho", "kappa_epsilon")
 
 
 def settings(gammas, etas, dropouts, rhos, paper):
@@ -56,6 +54,32 @@ def settings(gammas, etas, dropouts, rhos, paper):
     out += [("pertopt", {"gamma": g, "eta": e}) for g in gammas for e in etas]
     out += [("pertopt_paper", {**p, "kappa_epsilon": 1e-5}) for p in paper]
     return out
+
+
+@register("pertopt")
+def make(*, quick: bool = False, seeds: int | None = None) -> Study:
+    spec = QUICK if quick else dict(datasets=tuple(SETTINGS), epochs=None, gammas=GAMMAS,
+                                    etas=ETAS, dropouts=DROPOUTS, rhos=RHOS, paper=PAPER)
+    seeds = seeds or (1 if quick else 5)
+
+    def trials(recorded):
+        out = []
+        for dataset in spec["datasets"]:
+            first = [Trial({"dataset": dataset, "method": method, **knobs}, seed)
+                     for method, knobs in settings(spec["gammas"], spec["etas"], spec["dropouts"],
+                                                   spec["rhos"], spec["paper"]) for seed in range(seeds)]
+            out += first
+            ids = {t.trial_id for t in first}
+            here = [e for e in recorded if e["trial_id"] in ids and e["status"] == "ok"]
+            if len(here) == len(first):  # the first stage is in: the best PertOPT with the best dropout
+                best, dropout = chosen(rows_of(here), "pertopt")[0], chosen(rows_of(here), "dropout")[0]
+                knobs = {"gamma": best["gamma"], "eta": best["eta"], "dropout": dropout["dropout"]}
+                out += [Trial({"dataset": dataset, "method": "pertopt_dropout", **knobs}, seed)
+                        for seed in range(seeds)]
+        return out
+
+    return Study("pertopt", {"quick": quick, "seeds": seeds}, trials,
+                 lambda trial: run_trial(trial, spec), lambda entries, out: report(entries, out, spec))
 
 
 def capped_share(optimizer, model) -> float:
@@ -75,102 +99,80 @@ def capped_share(optimizer, model) -> float:
     return capped / perturbed if perturbed else math.nan
 
 
-def run_one(dataset, method, knobs, seed, epochs):
-    base = {**SETTINGS[dataset], "epochs": epochs or SETTINGS[dataset]["epochs"]}
-    optimizer = "perturbed_adam" if method.startswith("pertopt") else {"sam": "sam_adam"}.get(method, "adam")
-    config = training.RunConfig(dataset=dataset, optimizer=optimizer, learning_rate=1e-3,
-                                validation_split=0.2, seed=seed, **base, **knobs)
-    result = training.run(config)
+def run_trial(trial: Trial, spec) -> dict:
+    h = trial.hyperparameters
+    dataset, method = h["dataset"], h["method"]
+    knobs = {k: h[k] for k in KNOBS if k in h}
+    base = {**SETTINGS[dataset], "epochs": spec["epochs"] or SETTINGS[dataset]["epochs"]}
     perturbed = method.startswith("pertopt")
-    return {"method": method, "dataset": dataset, "gamma": knobs.get("gamma", ""),
-            "eta": knobs.get("eta", ""), "dropout": knobs.get("dropout", 0.0),
-            "rho": knobs.get("rho", ""), "seed": seed, "val_accuracy": result.val_accuracy,
-            "test_accuracy": result.test_accuracy, "gap": result.gap,
-            "train_accuracy": result.train_accuracy,
-            "capped_share": capped_share(result.optimizer, result.model) if perturbed else "",
-            "seconds": round(result.seconds, 1)}
+    optimizer = "perturbed_adam" if perturbed else {"sam": "sam_adam"}.get(method, "adam")
+    config = training.RunConfig(dataset=dataset, optimizer=optimizer, learning_rate=1e-3,
+                                validation_split=0.2, seed=trial.seed, **base, **knobs)
+    result = training.run(config)
+    if not math.isfinite(result.train_loss):
+        raise FloatingPointError(f"training diverged: training loss {result.train_loss}")
+    return {"val_accuracy": result.val_accuracy, "test_accuracy": result.test_accuracy,
+            "gap": result.gap, "train_accuracy": result.train_accuracy,
+            "capped_share": capped_share(result.optimizer, result.model) if perturbed else None,
+            "train_seconds": round(result.seconds, 1)}
+
+
+def rows_of(entries) -> list[dict]:
+    return [{"dropout": 0.0, **{k: None for k in KNOBS if k != "dropout"}, **e["hyperparameters"],
+             "seed": e["seed"], **e["outputs"]} for e in entries if e["status"] == "ok"]
 
 
 def _key(row):
-    return (row["method"], row["gamma"], row["eta"], row["dropout"], row["rho"])
+    return (row["method"], *(row[k] for k in KNOBS))
 
 
 def chosen(rows, method):
-    """The setting of `method` with the best mean validation accuracy, and its runs."""
+    """The runs of the setting of `method` with the best mean validation accuracy."""
     groups = {}
     for r in rows:
         if r["method"] == method:
             groups.setdefault(_key(r), []).append(r)
-    best = max(groups.values(), key=lambda runs: np.mean([r["val_accuracy"] for r in runs]))
-    return best
+    return max(groups.values(), key=lambda runs: np.mean([r["val_accuracy"] for r in runs]))
 
 
 def describe(runs) -> dict:
     r = runs[0]
-    out = {"method": r["method"], "setting": {k: r[k] for k in ("gamma", "eta", "dropout", "rho")
-                                              if r[k] not in ("", 0.0)}, "seeds": len(runs)}
+    out = {"method": r["method"], "setting": {k: r[k] for k in KNOBS if r[k] not in (None, 0.0)},
+           "seeds": len(runs)}
     for key in ("val_accuracy", "test_accuracy", "gap", "train_accuracy"):
         out[key], out[f"{key}_std"] = reporting.mean_std(r[key] for r in runs)
-    if r["capped_share"] != "":
+    if r["capped_share"] is not None:
         out["capped_share"] = float(np.mean([r["capped_share"] for r in runs]))
     return out
 
 
-def main(argv=None):
-    args = reporting.study_parser(__doc__, seeds=5, out="benchmarks/results",
-                                  quick="digits, 1 epoch, two PertOPT cells, 1 seed").parse_args(argv)
-    spec = QUICK if args.quick else dict(datasets=tuple(SETTINGS), epochs=None, gammas=GAMMAS,
-                                         etas=ETAS, dropouts=DROPOUTS, rhos=RHOS, paper=PAPER)
-    seeds = range(1 if args.quick else args.seeds)
-    path = os.path.join(args.out, "accuracy_runs.csv")
-    rows = reporting.read_csv(path) if args.resume and os.path.exists(path) else []
-    done = {(r["dataset"], *_key(r), r["seed"]) for r in rows}
-    kept = len(rows)
-    start = time.time()
-
-    def run(dataset, method, knobs):
-        for seed in seeds:
-            row = {"method": method, "gamma": knobs.get("gamma", ""), "eta": knobs.get("eta", ""),
-                   "dropout": knobs.get("dropout", 0.0), "rho": knobs.get("rho", "")}
-            if (dataset, *_key(row), seed) in done:
-                continue
-            rows.append(run_one(dataset, method, knobs, seed, spec["epochs"]))
-            reporting.write_csv(path, rows)
-            r = rows[-1]
-            print(f"[{(time.time() - start) / 60:.1f} min] {dataset} {method} {knobs} seed {seed}: "
-                  f"val {r['val_accuracy']:.4f} test {r['test_accuracy']:.4f} gap {r['gap']:.4f}",
-                  flush=True)
-
-    for dataset in spec["datasets"]:
-        for method, knobs in settings(spec["gammas"], spec["etas"], spec["dropouts"], spec["rhos"],
-                                      spec["paper"]):
-            run(dataset, method, knobs)
-        here = [r for r in rows if r["dataset"] == dataset]
-        best_pertopt, best_dropout = chosen(here, "pertopt")[0], chosen(here, "dropout")[0]
-        run(dataset, "pertopt_dropout", {"gamma": best_pertopt["gamma"], "eta": best_pertopt["eta"],
-                                         "dropout": best_dropout["dropout"]})
-    summary = {"settings": SETTINGS, "seeds": len(seeds), "grid": {"gamma": spec["gammas"], "eta": spec["etas"]},
-               "datasets": {}}
+def report(entries, out, spec) -> dict:
+    rows = rows_of(entries)
+    summary = {"settings": SETTINGS, "seeds": len({r["seed"] for r in rows}),
+               "grid": {"gamma": spec["gammas"], "eta": spec["etas"]}, "datasets": {},
+               "failed": [e["trial_id"] for e in entries if e["status"] == "failed"]}
     for dataset in spec["datasets"]:
         here = [r for r in rows if r["dataset"] == dataset]
         cells = {}
         for r in here:
             cells.setdefault(_key(r), []).append(r)
+        methods = [m for m in ("adam", "dropout", "sam", "pertopt", "pertopt_dropout")
+                   if any(r["method"] == m for r in here)]
         summary["datasets"][dataset] = {
-            "chosen": [describe(chosen(here, m)) for m in ("adam", "dropout", "sam", "pertopt", "pertopt_dropout")],
+            "chosen": [describe(chosen(here, m)) for m in methods],
             "every_setting": [describe(runs) for runs in cells.values()],
         }
-    reporting.write_json(os.path.join(args.out, "accuracy.json"), summary)
-    heatmap(summary, spec, os.path.join(args.out, "accuracy_heatmap.png"))
+    reporting.write_csv(os.path.join(out, "runs.csv"), rows)
+    reporting.write_json(os.path.join(out, "pertopt.json"), summary)
+    heatmap(summary, spec, os.path.join(out, "pertopt_heatmap.png"))
     print("\n| dataset | method | setting | val accuracy | test accuracy | gap (test − train loss) |")
     print("|---|---|---|---|---|---|")
     for dataset, entry in summary["datasets"].items():
         for c in entry["chosen"]:
             setting = ", ".join(f"{k} {v:g}" for k, v in c["setting"].items()) or "-"
             print(f"| {dataset} | {c['method']} | {setting} | {c['val_accuracy']:.4f} | "
-                  f"{c['test_accuracy']:.4f} ± {c['test_accuracy_std']:.4f} | {c['gap']:.4f} ± {c['gap_std']:.4f} |")
-    print(f"\n{len(rows)} runs ({len(rows) - kept} trained now) in {(time.time() - start) / 60:.1f} "
-          f"min; wrote {args.out}")
+                  f"{c['test_accuracy']:.4f} ± {c['test_accuracy_std']:.4f} | "
+                  f"{c['gap']:.4f} ± {c['gap_std']:.4f} |")
     return summary
 
 
@@ -199,7 +201,3 @@ def heatmap(summary, spec, path):
                      f"at {low:.3f})", fontsize=9)
         fig.colorbar(image, ax=ax)
     reporting.save_figure(fig, path)
-
-
-if __name__ == "__main__":
-    main()
