@@ -23,7 +23,8 @@ def script(relative: str):
     return module
 
 
-@pytest.mark.parametrize("dataset", ["cifar10", "cifar100", "tiny_imagenet"])
+# CIFAR-100 differs from CIFAR-10 only in its class count (its pipeline: test_datasets.py)
+@pytest.mark.parametrize("dataset", ["cifar10", "tiny_imagenet"])
 def test_paper_image_classification_runs_a_few_steps_on_mock_data(dataset, tmp_path):
     paper = script("examples/paper_image_classification.py")
     methods = ["perturbed", "dropout_0.1"] if dataset == "cifar10" else ["perturbed"]
@@ -49,7 +50,9 @@ def test_measures_study_quick_runs_through_the_runner_and_reports_from_the_store
     # every converged network stopped at the criterion: clean training cross-entropy <= 0.01
     assert all(float(r["train_loss"]) <= 0.01 for r in rows if r["converged"] == "True")
     ranking = json.loads((out / "ranking.json").read_text())["ranking"]["digits"]
-    assert ranking["networks"] == 2 and set(ranking["measures"]["pacgen"]) == {"error_gap", "loss_gap"}
+    assert ranking["networks"] == 2
+    assert set(ranking["measures"]["pacgen"]) == {"non_finite", "error_gap", "loss_gap"}
+    assert ranking["measures"]["pacgen"]["non_finite"] == 0  # ψ is finite on both networks
     converged = [r for r in rows if r["converged"] == "True"]
     tau = measures.kendall_tau([float(r["keskar_sharpness"]) for r in converged],
                                [float(r["error_gap"]) for r in converged])
