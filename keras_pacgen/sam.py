@@ -22,15 +22,32 @@ class SharpnessAwareMinimization(keras.Model):
     ``sam = SharpnessAwareMinimization(model, rho=0.05); sam.compile(optimizer, loss, metrics);
     sam.fit(...)``. Evaluation, prediction and export run `model` unchanged (``sam(x)`` is
     ``model(x)``); the weights are `model`'s. Works with ``jit_compile=True`` and saves and loads
-    as a ``.keras`` file. The loss is the compiled loss plus the model's ``losses``.
+    as a ``.keras`` file.
+
+    What its users ask of it (the threads of davda54/sam and tf-keras's class):
+
+    - Both passes use the compiled loss with the sample weights plus the model's ``losses``
+      (regularization), so ε and the update see the same objective.
+    - The second pass (at w + ε) does not move the model's statistics: BatchNormalization's
+      moving mean and variance (every floating-point non-trainable variable) are those the first
+      pass left. Integer state (the dropout seed) advances as in any step.
+    - ``num_batch_splits=m`` is m-sharpness (Foret et al., §4.1; tf-keras's option): the batch is
+      cut into m parts, each gets its own ε from its own gradient, and the update is the mean of
+      the m gradients at their w + ε, weighted by the parts' sizes. tf-keras summed them (m times
+      the gradient); the mean keeps the learning rate's meaning, so ``rho → 0`` is the plain step.
+    - Under a ``tf.distribute`` strategy, g is the gradient of the whole global batch (summed over
+      replicas, as the optimizer sums it), so ε, and the step, do not depend on how many replicas
+      share the batch. Replicas stay identical.
 
     Args:
         model: the Keras model to train.
         rho: ρ > 0, the radius of the neighbourhood (Foret et al.: 0.05; ASAM wants larger, ~0.5).
         adaptive: ASAM's scale-invariant neighbourhood.
+        num_batch_splits: None (one ε per batch) or m ≥ 1, the number of parts of m-sharpness.
     """
 
-    def __init__(self, model: keras.Model, rho: float = 0.05, adaptive: bool = False, **kwargs):
+    def __init__(self, model: keras.Model, rho: float = 0.05, adaptive: bool = False,
+                 num_batch_splits: int | None = None, **kwargs):
         super().__init__(**kwargs)
         if not isinstance(model, keras.Model):
             raise ValueError(f"`model` must be a keras.Model. Received: {type(model).__name__}")
@@ -39,6 +56,8 @@ class SharpnessAwareMinimization(keras.Model):
         self.model = model
         self.rho = check.check_float("rho", rho, low=0.0, low_inclusive=False)
         self.adaptive = adaptive
+        self.num_batch_splits = check.check_int("num_batch_splits", num_batch_splits, low=1,
+                                                allow_none=True)
 
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)
@@ -51,16 +70,43 @@ class SharpnessAwareMinimization(keras.Model):
             scaled = self.optimizer.scale_loss(loss)
         return loss, y_pred, tape.gradient(scaled, variables, unconnected_gradients="zero")
 
-    def train_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        variables = self.trainable_variables
+    def _sharp_gradients(self, x, y, sample_weight, variables):
+        """The loss and outputs at w, and ∇L(w + ε) with the model's statistics left as at w."""
         loss, y_pred, grads = self._loss_and_gradients(x, y, sample_weight, variables)
+        replica = tf.distribute.get_replica_context()
+        if replica is not None and replica.num_replicas_in_sync > 1:
+            grads = replica.all_reduce("sum", grads)
         epsilons = self.ascent(grads, variables)
+        # w and the statistics are copied and put back exactly (not w + ε − ε, off in the last bit)
+        statistics = [v for v in self.non_trainable_variables if "float" in str(v.dtype)]
+        kept = [tf.identity(v) for v in (*variables, *statistics)]
         for v, e in zip(variables, epsilons):
             v.assign_add(e)
         _, _, grads = self._loss_and_gradients(x, y, sample_weight, variables)
-        for v, e in zip(variables, epsilons):
-            v.assign_sub(e)
+        for v, value in zip((*variables, *statistics), kept):
+            v.assign(value)
+        return loss, y_pred, grads
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        variables = self.trainable_variables
+        if self.num_batch_splits is None:
+            loss, y_pred, grads = self._sharp_gradients(x, y, sample_weight, variables)
+        else:
+            size = tf.shape(keras.tree.flatten(x)[0])[0]
+            m = self.num_batch_splits
+            losses, outputs, grads = [], [], [tf.zeros_like(v) for v in variables]
+            for i in range(m):
+                start, stop = size * i // m, size * (i + 1) // m
+                part = keras.tree.map_structure(
+                    lambda t, a=start, b=stop: None if t is None else t[a:b], (x, y, sample_weight))
+                share = tf.cast(stop - start, "float32") / tf.cast(size, "float32")
+                part_loss, part_pred, part_grads = self._sharp_gradients(*part, variables)
+                losses.append(share * tf.cast(part_loss, "float32"))
+                outputs.append(part_pred)
+                grads = [g + tf.cast(share, g.dtype) * pg for g, pg in zip(grads, part_grads)]
+            loss = tf.add_n(losses)
+            y_pred = keras.tree.map_structure(lambda *t: tf.concat(t, axis=0), *outputs)
         self.optimizer.apply(grads, variables)
         for metric in self.metrics:  # as keras.Model.train_step, from the first (clean) pass
             if metric.name == "loss":
@@ -81,7 +127,8 @@ class SharpnessAwareMinimization(keras.Model):
 
     def get_config(self):
         return {**super().get_config(), "model": keras.saving.serialize_keras_object(self.model),
-                "rho": self.rho, "adaptive": self.adaptive}
+                "rho": self.rho, "adaptive": self.adaptive,
+                "num_batch_splits": self.num_batch_splits}
 
     @classmethod
     def from_config(cls, config, custom_objects=None):

@@ -25,6 +25,9 @@ def test_mirrored_replicas_identical_and_match_single_device():
     assert result["nonfinite_skipped"] == 1
     assert result["nonfinite_left_state_unchanged"]
     assert result["finite_step_trained"]
+    # SAM's ε from the gradient of the global batch: the same step on 2 replicas as on one device
+    assert result["sam_replicas_identical"]
+    assert result["sam_max_diff_vs_single"] < 1e-5
 
 
 def test_multi_worker_mirrored_two_processes_on_localhost():
