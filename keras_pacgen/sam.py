@@ -78,7 +78,7 @@ class SharpnessAwareMinimization(keras.Model):
             grads = replica.all_reduce("sum", grads)
         epsilons = self.ascent(grads, variables)
         # w and the statistics are copied and put back exactly (not w + ε − ε, off in the last bit)
-        statistics = [v for v in self.non_trainable_variables if "float" in str(v.dtype)]
+        statistics = [v for v in self.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)]
         kept = [tf.identity(v) for v in (*variables, *statistics)]
         for v, e in zip(variables, epsilons):
             v.assign_add(e)
@@ -87,26 +87,27 @@ class SharpnessAwareMinimization(keras.Model):
             v.assign(value)
         return loss, y_pred, grads
 
+    def _parts(self, data):
+        """(share of the batch, part) for each part of m-sharpness; the batch itself when m is 1."""
+        m = self.num_batch_splits or 1
+        if m == 1:
+            return [(1.0, data)]
+        size = tf.shape(keras.tree.flatten(data[0])[0])[0]
+        bounds = [(size * i // m, size * (i + 1) // m) for i in range(m)]
+        return [(tf.cast(b - a, "float32") / tf.cast(size, "float32"),
+                 keras.tree.map_structure(lambda t, a=a, b=b: None if t is None else t[a:b], data))
+                for a, b in bounds]
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.trainable_variables
-        if self.num_batch_splits is None:
-            loss, y_pred, grads = self._sharp_gradients(x, y, sample_weight, variables)
-        else:
-            size = tf.shape(keras.tree.flatten(x)[0])[0]
-            m = self.num_batch_splits
-            losses, outputs, grads = [], [], [tf.zeros_like(v) for v in variables]
-            for i in range(m):
-                start, stop = size * i // m, size * (i + 1) // m
-                part = keras.tree.map_structure(
-                    lambda t, a=start, b=stop: None if t is None else t[a:b], (x, y, sample_weight))
-                share = tf.cast(stop - start, "float32") / tf.cast(size, "float32")
-                part_loss, part_pred, part_grads = self._sharp_gradients(*part, variables)
-                losses.append(share * tf.cast(part_loss, "float32"))
-                outputs.append(part_pred)
-                grads = [g + tf.cast(share, g.dtype) * pg for g, pg in zip(grads, part_grads)]
-            loss = tf.add_n(losses)
-            y_pred = keras.tree.map_structure(lambda *t: tf.concat(t, axis=0), *outputs)
+        loss, outputs, grads = 0.0, [], [0.0] * len(variables)
+        for share, part in self._parts((x, y, sample_weight)):  # the parts' mean, by their sizes
+            part_loss, part_pred, part_grads = self._sharp_gradients(*part, variables)
+            loss += share * tf.cast(part_loss, "float32")
+            outputs.append(part_pred)
+            grads = [g + tf.cast(share, pg.dtype) * pg for g, pg in zip(grads, part_grads)]
+        y_pred = keras.tree.map_structure(lambda *t: tf.concat(t, axis=0), *outputs)
         self.optimizer.apply(grads, variables)
         for metric in self.metrics:  # as keras.Model.train_step, from the first (clean) pass
             if metric.name == "loss":

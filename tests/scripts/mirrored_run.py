@@ -30,10 +30,14 @@ def make_model():
     )
 
 
-def run(strategy):
+def data(n):
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(128, 8)).astype("float32")
-    y = (np.abs(x[:, 0] * 2 + x[:, 1]).astype("int64") % 3).astype("int32")
+    x = rng.normal(size=(n, 8)).astype("float32")
+    return x, (np.abs(x[:, 0] * 2 + x[:, 1]).astype("int64") % 3).astype("int32")
+
+
+def run(strategy):
+    x, y = data(128)
     with strategy.scope():
         model = make_model()
         opt = kp.PerturbedAdam(learning_rate=1e-2, eta=0.01, gamma=1.0, grad_threshold=10.0, seed=5)
@@ -99,9 +103,7 @@ trained = not np.array_equal(before[0], after[0]) and np.array_equal(after[0], a
 
 def run_sam(strategy):
     """Three SAM steps on a global batch of 32: ε from the gradient of the whole batch."""
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(96, 8)).astype("float32")
-    y = (np.abs(x[:, 0] * 2 + x[:, 1]).astype("int64") % 3).astype("int32")
+    x, y = data(96)
     with strategy.scope():
         sam = kp.SharpnessAwareMinimization(make_model(), rho=0.5)
         sam.compile(optimizer=keras.optimizers.SGD(0.1),
