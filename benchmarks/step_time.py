@@ -1,6 +1,11 @@
 """Median time per training step: perturbed optimizers against the plain ones, SAM for reference.
 
-    python benchmarks/step_time.py [--models mnist_cnn,wrn16_4] [--rounds 0] [--out benchmarks/results]
+    python benchmarks/step_time.py [--backend tensorflow|jax|torch] [--models mnist_cnn,wrn16_4]
+        [--rounds 0] [--out benchmarks/results]
+
+``--backend`` selects Keras's backend for the run (default: the configured one); ``--jit``
+defaults to what the backend compiles: ``false,true`` on TensorFlow (XLA off and on), ``true`` on
+JAX, ``false`` on PyTorch (torch.compile is not supported).
 
 ``--optimizers perturbed_sgd,perturbed_sgd_update_only,sgd`` (and the same for Adam) splits a
 perturbed step's cost: the ``_update_only`` configuration is the step traced without lines 7-14 of
@@ -34,10 +39,25 @@ import json
 import os
 import platform
 import statistics
+import sys
 import time
 import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def _backend_argument(argv):
+    """The value of --backend, read before Keras is imported (Keras picks its backend then)."""
+    for i, arg in enumerate(argv):
+        if arg == "--backend" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--backend="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+if __name__ == "__main__" and _backend_argument(sys.argv[1:]):
+    os.environ["KERAS_BACKEND"] = _backend_argument(sys.argv[1:])
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -46,7 +66,6 @@ import tensorflow as tf  # noqa: E402
 import keras_pacgen as kp  # noqa: E402
 from keras_pacgen import models  # noqa: E402
 from keras_pacgen.perturbation import step as perturbation_step  # noqa: E402
-from keras_pacgen.perturbation.clean_weights import local  # noqa: E402
 from keras_pacgen.training import make_optimizer  # noqa: E402
 
 MODELS = {
@@ -92,13 +111,14 @@ def build(model_name, opt_name, jit, batch):
     y = rng.integers(0, classes, size=batch).astype("int32")
     ds = tf.data.Dataset.from_tensors((x, y)).repeat().prefetch(2)
     cbs = [kp.PerturbationCallback()]
-    return model, ds, cbs
+    return model, ds, cbs, (x, y)
 
 
 def _keep_clean_weights(slots, gradients, device, *args):
     """Instead of lines 7-14: u = 0 (σ stays 0), so only ``clean ← w_{t+1}``."""
     for s in slots:
-        local(s.clean, device).assign(local(s.variable, device))
+        perturbation_step.backend.local(s.clean, device).assign(
+            perturbation_step.backend.local(s.variable, device))
 
 
 @contextlib.contextmanager
@@ -113,17 +133,41 @@ def lines_7_to_14(included: bool):
         perturbation_step._perturb_device = original
 
 
-def stepper(model, ds, cbs):
+def _train_step(model, ds, batch):
+    """One call of the compiled train function `fit` calls each step, in the backend's form."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        iterator = iter(ds)
+        return lambda: model.train_function(iterator)
+    data = tuple(keras.ops.convert_to_tensor(a) for a in batch)
+    if backend == "torch":
+        return lambda: model.train_function([data])
+    import jax
+
+    # the training state, threaded through the steps as JAX's fit threads it
+    state = [[v.value for v in group] for group in (
+        model.trainable_variables, model.non_trainable_variables, model.optimizer.variables,
+        model.metrics_variables)]
+
+    def step():
+        nonlocal state
+        logs, state = model.train_function(state, iter([data]))
+        jax.block_until_ready(logs)
+
+    return step
+
+
+def stepper(model, ds, cbs, batch):
     """A function that runs one training step of `model` (warmed up) and returns its
     (wall seconds, process CPU seconds)."""
     model.fit(ds, steps_per_epoch=3, epochs=1, verbose=0, callbacks=cbs)  # trace, compile
-    train_function, iterator = model.train_function, iter(ds)
     for optimizer in kp.perturbed_optimizers(model.optimizer):
         optimizer.apply_perturbation()  # as PerturbationCallback does at the first batch
+    train_step = _train_step(model, ds, batch)
 
     def step():
         start, cpu = time.perf_counter(), time.process_time()
-        train_function(iterator)
+        train_step()
         return time.perf_counter() - start, time.process_time() - cpu
 
     for _ in range(3):  # the iterator's own trace, then steady state
@@ -170,15 +214,21 @@ def time_rounds(steppers, rounds, steps):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backend", default=None, choices=("tensorflow", "jax", "torch"),
+                        help="Keras backend (default: the configured one)")
     parser.add_argument("--models", default="mnist_cnn,wrn16_4")
     parser.add_argument("--optimizers", default=",".join(DEFAULT_OPTIMIZERS),
                         help=f"of {', '.join(OPTIMIZERS)}")
-    parser.add_argument("--jit", default="false,true")
+    parser.add_argument("--jit", default=None, help="false,true: XLA (torch.compile) off, on")
     parser.add_argument("--rounds", type=int, default=0, help="rounds (0: auto: 20 for the MNIST CNN, 10 for WRN-16-4)")
     parser.add_argument("--steps", type=int, default=0, help="steps per configuration and round (0: auto: 10 for the MNIST CNN, 3 for WRN-16-4)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
+    backend = keras.backend.backend()
+    if args.backend and args.backend != backend:
+        parser.error(f"--backend {args.backend}: Keras already runs on {backend} in this process")
+    args.jit = args.jit or {"tensorflow": "false,true", "jax": "true", "torch": "false"}[backend]
     if args.rounds < 0 or args.rounds == 1:  # checked before anything is built
         parser.error(f"--rounds must be >= 2 for an interval (or 0 for the default), got {args.rounds}")
     unknown = sorted(set(args.optimizers.split(",")) - set(OPTIMIZERS))
@@ -195,40 +245,45 @@ def main(argv=None):
                 with lines_7_to_14(included=opt not in UPDATE_ONLY):  # the step is traced here
                     configs[(opt, jit)] = build(model_name, opt, jit, args.batch)
                     steppers[(opt, jit)] = stepper(*configs[(opt, jit)])
+                    configs[(opt, jit)] = configs[(opt, jit)][0]
         mnist = model_name == "mnist_cnn"
         rounds = args.rounds or (20 if mnist else 10)
         steps = args.steps or (10 if mnist else 3)
         times = time_rounds(steppers, rounds, steps)
-        memory = {key: optimizer_bytes(config[0].optimizer) for key, config in configs.items()}
+        memory = {key: optimizer_bytes(model.optimizer) for key, model in configs.items()}
         for (opt, jit), per_round in times.items():
             base = times[(BASELINE[opt], jit)]
             ratio, low, high = paired_column_ratio(per_round, base, 0)
             cpu_ratio, _, _ = paired_column_ratio(per_round, base, 1)
             median = statistics.median(t for ts in _column(per_round, 0) for t in ts)
             cpu_median = statistics.median(t for ts in _column(per_round, 1) for t in ts)
-            rows.append({"model": model_name, "optimizer": opt, "jit_compile": jit,
+            rows.append({"backend": backend, "model": model_name, "optimizer": opt, "jit_compile": jit,
                          "ms_per_step": round(1000 * median, 2), "ratio": round(ratio, 3),
                          "ratio_ci95_low": round(low, 3), "ratio_ci95_high": round(high, 3),
                          "cpu_ms_per_step": round(1000 * cpu_median, 2), "cpu_ratio": round(cpu_ratio, 3),
                          "optimizer_bytes": memory[(opt, jit)],
                          "memory_ratio": round(memory[(opt, jit)] / memory[(BASELINE[opt], jit)], 3),
                          "rounds": rounds, "steps": steps, "batch": args.batch})
-            print(f"{model_name:10s} {opt:24s} jit={str(jit):5s} {1000 * median:9.2f} ms/step  "
+            print(f"{backend:10s} {model_name:10s} {opt:24s} jit={str(jit):5s} {1000 * median:9.2f} ms/step  "
                   f"ratio {ratio:.3f} [{low:.3f}, {high:.3f}]   cpu {1000 * cpu_median:9.2f} ms/step  "
                   f"ratio {cpu_ratio:.3f}   memory {rows[-1]['memory_ratio']:.3f}", flush=True)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, TF {tf.__version__}, Keras {keras.__version__}"
+    version = {"tensorflow": lambda: tf.__version__, "jax": lambda: __import__("jax").__version__,
+               "torch": lambda: __import__("torch").__version__}[backend]()
+    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
+               f"{backend} {version}, Keras {keras.__version__}")
     os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "step_time.json"), "w") as f:
+    suffix = "" if backend == "tensorflow" else f"_{backend}"
+    with open(os.path.join(args.out, f"step_time{suffix}.json"), "w") as f:
         json.dump({"machine": machine, "rows": rows}, f, indent=2)
-    with open(os.path.join(args.out, "step_time.csv"), "w") as f:
+    with open(os.path.join(args.out, f"step_time{suffix}.csv"), "w") as f:
         f.write(",".join(rows[0]) + "\n")
         for row in rows:
             f.write(",".join(str(v) for v in row.values()) + "\n")
-    print("\n| model | optimizer | jit_compile | wall ms/step | wall ratio [95% interval] | CPU ms/step "
-          "| CPU ratio | memory ratio |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| backend | model | optimizer | jit_compile | wall ms/step | wall ratio [95% interval] "
+          "| CPU ms/step | CPU ratio | memory ratio |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for row in rows:
-        print(f"| {row['model']} | {row['optimizer']} | {row['jit_compile']} | {row['ms_per_step']} | "
+        print(f"| {row['backend']} | {row['model']} | {row['optimizer']} | {row['jit_compile']} | {row['ms_per_step']} | "
               f"{row['ratio']:.3f} [{row['ratio_ci95_low']:.3f}, {row['ratio_ci95_high']:.3f}] | "
               f"{row['cpu_ms_per_step']} | {row['cpu_ratio']:.3f} | {row['memory_ratio']:.3f} |")
     print(f"\nmachine: {machine}")

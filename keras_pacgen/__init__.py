@@ -8,9 +8,9 @@
   `PacGenCallback` (clean generalization gap and ψ while training).
 """
 
-from keras_pacgen._backend import require_tensorflow_backend
+from keras_pacgen import backends
 
-require_tensorflow_backend()
+backends.check()  # before Keras is imported: a missing JAX or PyTorch must not hide the message
 
 from keras_pacgen.callbacks import PacGenCallback, PerturbationCallback  # noqa: E402
 from keras_pacgen.measures import PacGenScore, pacgen_score  # noqa: E402

@@ -164,7 +164,12 @@ def train(args) -> dict:
     model_path = os.path.join(out, "model.keras")
     result.model.save(model_path)
     export = None
-    if (args.export or "").lower() != "none":
+    if (args.export or "").lower() != "none" and keras.backend.backend() == "torch":
+        # Keras's SavedModel export on PyTorch goes through torch.export, which fails on these
+        # models (as on a plain keras.Sequential): the .keras file is the model there.
+        print("SavedModel export skipped: Keras cannot export it on the PyTorch backend; "
+              f"use {model_path} (or train with KERAS_BACKEND=jax or tensorflow).")
+    elif (args.export or "").lower() != "none":
         export = os.path.abspath(args.export or os.path.join("saved_models", run_name))
         result.model.export(export, verbose=False)
     summary["export"] = export

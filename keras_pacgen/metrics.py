@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_pacgen import _validation as check
 from keras_pacgen.pacgen import psi_terms
-from keras_pacgen.perturbation import formulas, keras_internals, perturbed_optimizers
+from keras_pacgen.perturbation import clean_weights, formulas, keras_internals, perturbed_optimizers
 
 _NO_ESTIMATE = (
     "{name} keeps no Hessian-diagonal estimate, so ψ cannot be read from its state. Use a "
     "perturbed optimizer (keras_pacgen.PerturbedAdam / PerturbedSGD / keras_pacgen.perturb(opt)), "
     "an Adam-family optimizer (its second moment is the paper's estimate), or "
     "keras_pacgen.pacgen_score(model, data), which scores any model from data."
+)
+
+_JAX_METRIC = (
+    "PacGen reads the optimizer's state inside the train step, and Keras's JAX trainer gives a "
+    "metric only the metric's own variables there. On JAX use keras_pacgen.PacGenCallback(...) "
+    "(ψ at every epoch end, in the logs) or keras_pacgen.psi_from_optimizer(model) after fit()."
 )
 
 
@@ -59,16 +65,17 @@ def optimizer_estimates(optimizer, variables):
     for v in variables:
         velocity = velocities[keras_internals.variable_index(opt, v)]
         if velocity is not None:
-            weights.append(tf.convert_to_tensor(v))
-            hessians.append(formulas.debiased(velocity, beta1=opt.beta_2, steps=opt.iterations))
-    return weights, hessians, tf.constant(0.0)
+            weights.append(clean_weights.value(v))
+            hessians.append(formulas.debiased(clean_weights.value(velocity), beta1=opt.beta_2,
+                                              steps=clean_weights.value(opt.iterations)))
+    return weights, hessians, ops.convert_to_tensor(0.0)
 
 
-def psi_from_optimizer(model, *, gamma: float = 0.1, epsilon: float = 0.1) -> tf.Tensor:
+def psi_from_optimizer(model, *, gamma: float = 0.1, epsilon: float = 0.1):
     """ψ of `model`'s clean weights from its optimizer's estimates (see `optimizer_estimates`)."""
     weights, hessians, rho = optimizer_estimates(model.optimizer, model.trainable_variables)
     terms = psi_terms(weights, hessians, rho, gamma=gamma, epsilon=epsilon)
-    return tf.add_n([t["psi"] for t in terms])
+    return sum(t["psi"] for t in terms)
 
 
 @keras.saving.register_keras_serializable(package="keras_pacgen")
@@ -82,6 +89,9 @@ class PacGen(keras.metrics.Metric):
     generalization. It costs one pass over the weights; to keep that under 1% of training it is
     recomputed every `update_every` training steps and reported in between (the first update
     computes it).
+
+    Not on JAX: Keras's JAX trainer shows a metric its own variables only, not the optimizer's
+    state (the metric raises there); use `PacGenCallback` or `psi_from_optimizer(model)`.
 
     Args:
         model: the model whose optimizer and weights are read (metrics do not see the model
@@ -121,12 +131,19 @@ class PacGen(keras.metrics.Metric):
             )
         if model.optimizer is None:
             raise ValueError("PacGen reads the optimizer's state: compile the model first.")
+        if not _inner(model.optimizer).built:  # Keras's build on PyTorch runs the metrics first
+            return
         require_estimates(model.optimizer)
 
-        def compute():
-            self.value.assign(tf.cast(psi_from_optimizer(model, gamma=self.gamma, epsilon=self.epsilon), self.value.dtype))
+        if keras.backend.backend() == "jax":
+            raise ValueError(_JAX_METRIC)
 
-        tf.cond(tf.equal(self.updates % self.update_every, 0), compute, lambda: None)
+        def compute():
+            psi = psi_from_optimizer(model, gamma=self.gamma, epsilon=self.epsilon)
+            return ops.cast(psi, self.value.dtype)
+
+        due = ops.equal(self.updates % self.update_every, 0)
+        self.value.assign(ops.cond(due, compute, lambda: ops.copy(self.value)))
         self.updates.assign_add(1)
 
     def reset_state(self):
@@ -134,7 +151,7 @@ class PacGen(keras.metrics.Metric):
         self.updates.assign(0)
 
     def result(self):
-        return tf.identity(self.value)
+        return ops.copy(self.value)
 
     def get_config(self):
         return {

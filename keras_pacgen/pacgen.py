@@ -14,30 +14,47 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from keras_pacgen import _validation as check
+from keras_pacgen import backends
+
+backend = backends.load()
+_FLOAT = backend.WIDE_FLOAT  # float64, or float32 under JAX without jax_enable_x64
 
 
-def _as_list(name: str, values: Any) -> list[tf.Tensor]:
-    if isinstance(values, (np.ndarray, tf.Tensor)) or np.isscalar(values):
+def _is_array(value) -> bool:
+    return isinstance(value, (np.ndarray, keras.Variable)) or ops.is_tensor(value)
+
+
+def _wide(value):
+    """`value` as a float64 tensor. (Its arithmetic avoids ops.maximum and ops.minimum, which
+    return float32 for float64 tensors on PyTorch, in Keras 3.15.)"""
+    if not (isinstance(value, keras.Variable) or ops.is_tensor(value)):
+        value = np.asarray(value, np.float64)  # a Python float would pass through float32 (torch)
+    return ops.convert_to_tensor(value, _FLOAT)
+
+
+def _as_list(name: str, values: Any) -> list:
+    if _is_array(values) or np.isscalar(values):
         values = [values]
     values = list(values)
     if not values:
         raise ValueError(f"`{name}` must be a non-empty list of arrays, one per variable.")
-    return [tf.cast(tf.convert_to_tensor(v), tf.float64) for v in values]
+    return [_wide(v) for v in values]
 
 
-def _rho_list(rho: Any, n: int) -> list[tf.Tensor]:
+def _rho_list(rho: Any, n: int) -> list:
     if isinstance(rho, (list, tuple)):
         if len(rho) != n:
             raise ValueError(f"`rho` has {len(rho)} entries for {n} variables.")
-        out = [tf.cast(tf.convert_to_tensor(r), tf.float64) for r in rho]
+        out = [_wide(r) for r in rho]
     else:
-        out = [tf.cast(tf.convert_to_tensor(rho), tf.float64)] * n
+        out = [_wide(rho)] * n
     for r in out:
-        if tf.executing_eagerly() and bool(tf.reduce_any(r < 0)):
+        if backend.is_concrete(r) and bool(ops.any(r < 0)):
             raise ValueError("`rho` must be >= 0 (a Lipschitz constant).")
     return out
 
@@ -67,14 +84,14 @@ def _neighbourhood(weights, hessian_diagonals, rho, gamma, epsilon):
     gamma = check.check_float("gamma", gamma, low=0.0)
     epsilon = check.check_float("epsilon", epsilon, low=0.0, low_inclusive=False)
     ws, hs, rhos, m = _prepare(weights, hessian_diagonals, rho)
-    kappas = [gamma * tf.abs(w) + epsilon for w in ws]
+    kappas = [gamma * ops.abs(w) + epsilon for w in ws]
     return ws, hs, rhos, kappas, math.sqrt(m)
 
 
 def psi_terms(
     weights: Sequence, hessian_diagonals: Sequence, rho: Any, *, gamma: float = 0.1, epsilon: float = 0.1
-) -> list[dict[str, tf.Tensor]]:
-    """ψ split per variable into its parts (float64 tensors).
+) -> list[dict]:
+    """ψ split per variable into its parts (float64 tensors; float32 under JAX without x64).
 
     For each variable: ``psi`` (its share of ψ), ``scale`` = Σ log(|w|+κ) (the κ term),
     ``hessian`` = Σ log max(sqrt(H), 1/κ) (the curvature part with ρ = 0) and ``rho`` = the rest of
@@ -83,16 +100,17 @@ def psi_terms(
     ws, hs, rhos, kappas, sqrt_m = _neighbourhood(weights, hessian_diagonals, rho, gamma, epsilon)
     out = []
     for w, h, r, kappa in zip(ws, hs, rhos, kappas):
-        log_inv_kappa = -tf.math.log(kappa)
+        log_inv_kappa = -ops.log(kappa)
 
         def log_max(a, log_inv_kappa=log_inv_kappa):
             # log max(sqrt(a), 1/κ) with sqrt(a) := 0 for a <= 0 (footnote 5)
-            half_log = 0.5 * tf.math.log(tf.where(a > 0, a, tf.ones_like(a)))
-            return tf.where(a > 0, tf.maximum(half_log, log_inv_kappa), log_inv_kappa)
+            half_log = 0.5 * ops.log(ops.where(a > 0, a, ops.ones_like(a)))
+            larger = ops.where(half_log > log_inv_kappa, half_log, log_inv_kappa)  # see _wide
+            return ops.where(a > 0, larger, log_inv_kappa)
 
-        scale = tf.reduce_sum(tf.math.log(tf.abs(w) + kappa))
-        hess = tf.reduce_sum(log_max(h))
-        full = tf.reduce_sum(log_max(h + r * sqrt_m * kappa))
+        scale = ops.sum(ops.log(ops.abs(w) + kappa))
+        hess = ops.sum(log_max(h))
+        full = ops.sum(log_max(h + r * sqrt_m * kappa))
         out.append({"psi": scale + full, "scale": scale, "hessian": hess, "rho": full - hess})
     return out
 
@@ -108,8 +126,8 @@ def psi(
     paper's experiments.
     """
     terms = psi_terms(weights, hessian_diagonals, rho, gamma=gamma, epsilon=epsilon)
-    total = tf.add_n([t["psi"] for t in terms])
-    return float(total) if tf.executing_eagerly() else total
+    total = sum(t["psi"] for t in terms)
+    return float(total) if backend.is_concrete(total) else total
 
 
 def optimal_sigma(
@@ -131,9 +149,10 @@ def optimal_sigma(
     out = []
     for h, r, kappa in zip(hs, rhos, kappas):
         c = h / 3.0 + r * sqrt_m * kappa / 9.0
-        safe_c = tf.where(c > 0, c, tf.ones_like(c))
-        sigma = tf.where(c > 0, tf.minimum(tf.sqrt(1.0 / (eta * safe_c)), kappa), kappa)
-        out.append(sigma.numpy())
+        safe_c = ops.where(c > 0, c, ops.ones_like(c))
+        root = ops.sqrt(1.0 / (eta * safe_c))
+        sigma = ops.where(c > 0, ops.where(root < kappa, root, kappa), kappa)  # see _wide
+        out.append(ops.convert_to_numpy(sigma))
     return out
 
 
@@ -171,31 +190,31 @@ def pac_bayes_bound(
     ws, hs, rhos, kappas, sqrt_m = _neighbourhood(weights, hessian_diagonals, rho, gamma, epsilon)
     m = sum(int(np.prod(w.shape)) for w in ws)
     if tau is None:
-        taus = [tf.abs(w) + k for w, k in zip(ws, kappas)]
+        taus = [ops.abs(w) + k for w, k in zip(ws, kappas)]
     else:
         taus = _as_list("tau", tau)
         for w, k, t in zip(ws, kappas, taus):
-            if bool(tf.reduce_any(t < tf.abs(w) + k)):
+            if bool(ops.any(t < ops.abs(w) + k)):
                 raise ValueError("`tau` must satisfy tau_i >= |w_i| + kappa_i for every coordinate.")
     optimal = isinstance(sigma, str)
     if optimal:
         if sigma != "optimal":
             raise ValueError(f"`sigma` must be 'optimal' or a list of arrays. Received: {sigma!r}")
         sigmas = [
-            tf.convert_to_tensor(s, tf.float64)
+            _wide(s)
             for s in optimal_sigma(ws, hs, rhos, eta=eta, gamma=gamma, epsilon=epsilon)
         ]
     else:
         sigmas = _as_list("sigma", sigma)
         for s, k in zip(sigmas, kappas):
-            if bool(tf.reduce_any(s <= 0)) or bool(tf.reduce_any(s > k * (1 + 1e-12))):
+            if bool(ops.any(s <= 0)) or bool(ops.any(s > k * (1 + 1e-12))):
                 raise ValueError("`sigma` must satisfy 0 < sigma_i <= kappa_i = gamma|w_i| + epsilon.")
-    kl = sum(float(tf.reduce_sum(tf.math.log(t / s))) for t, s in zip(taus, sigmas))
+    kl = sum(float(ops.sum(ops.log(t / s))) for t, s in zip(taus, sigmas))
     tail = (kl + math.log(1.0 / delta)) / eta + eta / (2.0 * n)
     if optimal:
         return empirical_loss + m / (2.0 * eta) + tail
     curvature = sum(
-        float(tf.reduce_sum(h * s**2)) / 6.0 + float(tf.reduce_sum(r * sqrt_m * k * s**2)) / 18.0
+        float(ops.sum(h * s**2)) / 6.0 + float(ops.sum(r * sqrt_m * k * s**2)) / 18.0
         for h, s, r, k in zip(hs, sigmas, rhos, kappas)
     )
     return empirical_loss + curvature + tail

@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_pacgen import _validation as check
+from keras_pacgen import backends
+
+backend = backends.load()
 
 _ADAPTIVE_ETA = 0.01  # η of ASAM's T_w = |w| + η (Kwon et al.'s default), so biases at 0 move too
 
@@ -37,7 +40,11 @@ class SharpnessAwareMinimization(keras.Model):
       the gradient); the mean keeps the learning rate's meaning, so ``rho → 0`` is the plain step.
     - Under a ``tf.distribute`` strategy, g is the gradient of the whole global batch (summed over
       replicas, as the optimizer sums it), so ε, and the step, do not depend on how many replicas
-      share the batch. Replicas stay identical.
+      share the batch. Replicas stay identical. (JAX's data parallelism computes the gradient of
+      the global batch by itself.)
+
+    It runs on every backend: the step is in `keras_pacgen.backends` (``sam_train_step``), the
+    math (ε, the parts) here.
 
     Args:
         model: the Keras model to train.
@@ -62,53 +69,38 @@ class SharpnessAwareMinimization(keras.Model):
     def call(self, inputs, training=None):
         return self.model(inputs, training=training)
 
-    def _loss_and_gradients(self, x, y, sample_weight, variables):
-        with tf.GradientTape() as tape:
-            y_pred = self(x, training=True)
-            loss = self.compute_loss(x=x, y=y, y_pred=y_pred, sample_weight=sample_weight,
-                                     training=True)
-            scaled = self.optimizer.scale_loss(loss)
-        return loss, y_pred, tape.gradient(scaled, variables, unconnected_gradients="zero")
+    def statistics(self) -> list[bool]:
+        """For each non-trainable variable, whether the second pass must leave it as the first
+        left it (floating-point state: BatchNorm's moving statistics; not the dropout seed)."""
+        return [keras.backend.is_float_dtype(v.dtype) for v in self.non_trainable_variables]
 
-    def _sharp_gradients(self, x, y, sample_weight, variables):
-        """The loss and outputs at w, and ∇L(w + ε) with the model's statistics left as at w."""
-        loss, y_pred, grads = self._loss_and_gradients(x, y, sample_weight, variables)
-        replica = tf.distribute.get_replica_context()
-        if replica is not None and replica.num_replicas_in_sync > 1:
-            grads = replica.all_reduce("sum", grads)
-        epsilons = self.ascent(grads, variables)
-        # w and the statistics are copied and put back exactly (not w + ε − ε, off in the last bit)
-        statistics = [v for v in self.non_trainable_variables if keras.backend.is_float_dtype(v.dtype)]
-        kept = [tf.identity(v) for v in (*variables, *statistics)]
-        for v, e in zip(variables, epsilons):
-            v.assign_add(e)
-        _, _, grads = self._loss_and_gradients(x, y, sample_weight, variables)
-        for v, value in zip((*variables, *statistics), kept):
-            v.assign(value)
-        return loss, y_pred, grads
-
-    def _parts(self, data):
+    def parts(self, data):
         """(share of the batch, part) for each part of m-sharpness; the batch itself when m is 1."""
         m = self.num_batch_splits or 1
         if m == 1:
             return [(1.0, data)]
-        size = tf.shape(keras.tree.flatten(data[0])[0])[0]
+        size = ops.shape(keras.tree.flatten(data[0])[0])[0]
         bounds = [(size * i // m, size * (i + 1) // m) for i in range(m)]
-        return [(tf.cast(b - a, "float32") / tf.cast(size, "float32"),
+        return [(ops.cast(b - a, "float32") / ops.cast(size, "float32"),
                  keras.tree.map_structure(lambda t, a=a, b=b: None if t is None else t[a:b], data))
                 for a, b in bounds]
 
-    def train_step(self, data):
+    def train_step(self, *args):
+        """One SAM step: ``train_step(data)``, or on JAX ``train_step(state, data)``, pure (its
+        form is in `keras_pacgen.backends.jax`)."""
+        if keras.backend.backend() == "jax":
+            return backend.sam_train_step(self, *args)
+        (data,) = args
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.trainable_variables
         loss, outputs, grads = 0.0, [], [0.0] * len(variables)
-        for share, part in self._parts((x, y, sample_weight)):  # the parts' mean, by their sizes
+        for share, part in self.parts((x, y, sample_weight)):  # the parts' mean, by their sizes
             part_loss, part_pred, part_grads = self._sharp_gradients(*part, variables)
-            loss += share * tf.cast(part_loss, "float32")
+            loss += share * ops.cast(part_loss, "float32")
             outputs.append(part_pred)
-            grads = [g + tf.cast(share, pg.dtype) * pg for g, pg in zip(grads, part_grads)]
-        y_pred = keras.tree.map_structure(lambda *t: tf.concat(t, axis=0), *outputs)
-        self.optimizer.apply(grads, variables)
+            grads = [g + ops.cast(share, pg.dtype) * pg for g, pg in zip(grads, part_grads)]
+        y_pred = keras.tree.map_structure(lambda *t: ops.concatenate(t, axis=0), *outputs)
+        backend.without_gradients(lambda: self.optimizer.apply(grads, variables))
         for metric in self.metrics:  # as keras.Model.train_step, from the first (clean) pass
             if metric.name == "loss":
                 metric.update_state(loss)
@@ -116,15 +108,28 @@ class SharpnessAwareMinimization(keras.Model):
                 metric.update_state(y, y_pred, sample_weight=sample_weight)
         return {m.name: m.result() for m in self.metrics}
 
+    def _sharp_gradients(self, x, y, sample_weight, variables):
+        """The loss and outputs at w, and ∇L(w + ε) with the model's statistics left as at w."""
+        loss, y_pred, grads = backend.training_gradients(self, x, y, sample_weight, variables)
+        epsilons = self.ascent(grads, variables)
+        # w and the statistics are copied and put back exactly (not w + ε − ε, off in the last bit)
+        kept = [v for v, f in zip(self.non_trainable_variables, self.statistics()) if f]
+        values = [ops.copy(v) for v in (*variables, *kept)]
+        backend.without_gradients(lambda: [v.assign_add(e) for v, e in zip(variables, epsilons)])
+        _, _, grads = backend.training_gradients(self, x, y, sample_weight, variables, reduce=False)
+        backend.without_gradients(
+            lambda: [v.assign(value) for v, value in zip((*variables, *kept), values)])
+        return loss, y_pred, grads
+
     def ascent(self, grads, variables):
         """ε, the step to the worst point of the neighbourhood (to first order)."""
         if self.adaptive:
-            scales = [tf.abs(v) + _ADAPTIVE_ETA for v in variables]
+            scales = [ops.abs(v) + _ADAPTIVE_ETA for v in variables]
             scaled = [s * g for s, g in zip(scales, grads)]
-            norm = tf.linalg.global_norm(scaled) + 1e-12
-            return [self.rho * s * sg / norm for s, sg in zip(scales, scaled)]
-        norm = tf.linalg.global_norm(grads) + 1e-12
-        return [self.rho * g / norm for g in grads]
+            norm = _global_norm(scaled) + 1e-12
+            return [self.rho * s * sg / ops.cast(norm, sg.dtype) for s, sg in zip(scales, scaled)]
+        norm = _global_norm(grads) + 1e-12
+        return [self.rho * g / ops.cast(norm, g.dtype) for g in grads]
 
     def get_config(self):
         return {**super().get_config(), "model": keras.saving.serialize_keras_object(self.model),
@@ -136,3 +141,7 @@ class SharpnessAwareMinimization(keras.Model):
         model = keras.saving.deserialize_keras_object(config.pop("model"),
                                                       custom_objects=custom_objects)
         return cls(model, **config)
+
+
+def _global_norm(tensors):
+    return ops.sqrt(sum(ops.sum(ops.square(ops.cast(t, "float32"))) for t in tensors))

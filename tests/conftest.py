@@ -28,7 +28,26 @@ def toy_data(n=128, num_features=8, num_classes=3, seed=0):
 
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
+# jit_compile settings tested per backend: TensorFlow with XLA off and on; JAX compiled, as its
+# users run it (uncompiled JAX is the same program, op by op, and slow); PyTorch eager
+# (torch.compile is not supported).
+JIT = {"tensorflow": [False, True], "jax": [True], "torch": [False]}[keras.backend.backend()]
+
 
 @pytest.fixture
 def data():
     return toy_data()
+
+
+def gradients(model, x, y, loss=LOSS):
+    """The gradient of ``loss(y, model(x))`` with respect to the trainable variables, on any
+    backend (the derivative the measures use, checked in closed form in test_measures)."""
+    from keras_pacgen import backends
+
+    fixed = [keras.ops.copy(v) for v in model.non_trainable_variables]
+
+    def fn(w):
+        return loss(y, model.stateless_call(w, fixed, x)[0])
+
+    weights = [keras.ops.copy(v) for v in model.trainable_variables]
+    return backends.load().value_and_gradients(fn, weights)[1]

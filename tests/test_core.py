@@ -10,6 +10,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 import keras_pacgen as kp
@@ -55,14 +56,23 @@ def _import_error(env):
     return proc.stderr.strip().splitlines()[-1]
 
 
-def test_import_under_another_backend_says_how_to_select_tensorflow(tmp_path):
-    last = _import_error({"KERAS_BACKEND": "jax"})  # JAX is not even installed here
-    assert last.startswith("ImportError") and "TensorFlow backend" in last
-    assert "'jax'" in last and "KERAS_BACKEND=tensorflow" in last
-    (tmp_path / "keras.json").write_text('{"backend": "torch"}')
+def test_an_unsupported_backend_is_refused_with_what_to_select(tmp_path):
+    last = _import_error({"KERAS_BACKEND": "numpy"})
+    assert last.startswith("ImportError") and "'numpy'" in last and "KERAS_BACKEND" in last
+    assert "tensorflow, jax, torch" in last
+    (tmp_path / "keras.json").write_text('{"backend": "openvino"}')
     env = {k: v for k, v in os.environ.items() if k != "KERAS_BACKEND"}
     last = _import_error({**env, "KERAS_HOME": str(tmp_path), "KERAS_BACKEND": ""})
-    assert last.startswith("ImportError") and "'torch'" in last
+    assert last.startswith("ImportError") and "'openvino'" in last
+
+
+def test_a_backend_whose_package_is_missing_says_what_to_install(monkeypatch):
+    from keras_pacgen import backends
+
+    monkeypatch.setattr(backends, "configured", lambda: "torch")
+    monkeypatch.setattr(backends.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match=r"pip install keras-pacgen\[torch\]"):
+        backends.check()
 
 
 def _sources():

@@ -94,9 +94,11 @@ def test_pacbayes_sigma_meets_the_deviation_on_the_closed_form(magnitude_aware):
     slack = 3 * _draw_std(model, data, sigma, magnitude_aware) / 20
     assert slack < 0.015  # so that a deviation of 0.08 or 0.12 would fail
     assert abs(noisy - clean - 0.1) < 0.002 + slack
-    # and not at half or twice the radius (σ² for σ, or the variance for the std, would be)
+    # and not at half or twice the radius (σ² for σ, or the variance for the std, would be; those
+    # only where they are 25% away from σ, which they are not for σ near 1)
     for wrong in (sigma / 2, 2 * sigma, sigma**0.5 if sigma < 1 else sigma**2):
-        assert abs(_expected_error(model, data, wrong, magnitude_aware)[0] - clean - 0.1) > 0.03
+        if abs(wrong / sigma - 1) > 0.25:
+            assert abs(_expected_error(model, data, wrong, magnitude_aware)[0] - clean - 0.1) > 0.03
     assert measures.pacbayes_flatness(model, data, magnitude_aware=magnitude_aware, draws=400,
                                       tolerance=0.002) == pytest.approx(1 / sigma**2)
 
@@ -140,7 +142,8 @@ def test_fresh_draws_at_every_step_and_the_loss_criterion():
     model, data = linear(*mixed_data(300))
     a = measures.pacbayes_sigma(model, data, seed=0)
     assert a == measures.pacbayes_sigma(model, data, seed=0)
-    assert a != measures.pacbayes_sigma(model, data, seed=1)
+    # other draws, another bisection path (one other seed may still end at the same radius)
+    assert any(a != measures.pacbayes_sigma(model, data, seed=s) for s in (1, 2, 3))
     by_loss = measures.pacbayes_sigma(model, data, criterion="loss", tolerance=0.002, draws=50)
     x, y = (a.astype(np.float64) for a in data)
     w, b = (a.astype(np.float64) for a in model.get_weights())

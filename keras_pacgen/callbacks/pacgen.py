@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 from keras_pacgen import _validation as check
 from keras_pacgen import reporting
@@ -160,8 +161,9 @@ class PacGenCallback(PerturbationCallback):
                     for v in self.model.trainable_variables:
                         state = opt.perturbation_state(v)
                         name = getattr(v, "path", v.name)
-                        tf.summary.histogram(f"sigma/{name}", state["sigma"], step=step)
-                        tf.summary.histogram(f"hessian/{name}", state["hessian"], step=step)
+                        tf.summary.histogram(f"sigma/{name}", ops.convert_to_numpy(state["sigma"]), step=step)
+                        tf.summary.histogram(f"hessian/{name}", ops.convert_to_numpy(state["hessian"]),
+                                             step=step)
 
 
 def plot_gap_and_psi(rows, path: str, title: str | None = None) -> str:

@@ -38,17 +38,24 @@ class PerturbationCallback(keras.callbacks.Callback):
         self._removed = False
         self._nonfinite_seen = 0
 
+    def _sync(self):
+        """Reading `Callback.model` brings JAX's training state back into the variables (and the
+        trainer reads them again at the next step), so that they can be written."""
+        return self.model
+
     def _find(self):
         return perturbed_optimizers(getattr(self.model, "optimizer", None))
 
     def _remove(self):
         if not self._removed:
+            self._sync()
             for opt in self._optimizers:
                 opt.remove_perturbation()
             self._removed = True
 
     def _reapply(self):
         if self._removed:
+            self._sync()
             for opt in self._optimizers:
                 opt.apply_perturbation()
             self._removed = False

@@ -17,15 +17,20 @@ from collections.abc import Iterator
 
 import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
+from keras_pacgen import backends
 from keras_pacgen.measures.data import Samples, read
-from keras_pacgen.perturbation import keras_internals
+from keras_pacgen.perturbation import keras_internals, noise
+
+backend = backends.load()
 
 
 def to_numpy(value) -> np.ndarray:
     """A tensor, variable or array as a float64 numpy array."""
-    return np.array(value.numpy() if hasattr(value, "numpy") else value, np.float64)
+    if isinstance(value, keras.Variable):
+        value = value.numpy()
+    return np.array(ops.convert_to_numpy(value), np.float64)
 
 
 def layers(model):
@@ -57,7 +62,7 @@ def check_model(model, *, needs_loss: bool = True, finite: bool = True) -> list:
             "keras.losses.SparseCategoricalCrossentropy(from_logits=True)). The measures use the "
             "compiled loss."
         )
-    bad = [v.path for v in variables if finite and not np.all(np.isfinite(v.numpy()))]
+    bad = [v.path for v in variables if finite and not np.all(np.isfinite(to_numpy(v)))]
     if bad:
         raise ValueError(f"`model` has non-finite weights (NaN or Inf) in {', '.join(bad)}: a "
                          "diverged network cannot be measured.")
@@ -76,13 +81,14 @@ def misclassified(y, y_pred, logits: bool):
     """1.0 where the predicted class is not the label, per sample: labels as class indices or
     one-hot; one output unit is a binary classifier (threshold 0 on logits, 0.5 otherwise)."""
     if y_pred.shape[-1] == 1:
-        predicted = tf.cast(y_pred[..., 0] > (0.0 if logits else 0.5), tf.int64)
-        labels = tf.cast(tf.round(tf.reshape(tf.cast(y, tf.float32), tf.shape(predicted))), tf.int64)
+        predicted = ops.cast(y_pred[..., 0] > (0.0 if logits else 0.5), "int32")
+        labels = ops.cast(ops.round(ops.reshape(ops.cast(y, "float32"), ops.shape(predicted))), "int32")
     else:
-        predicted = tf.argmax(y_pred, axis=-1)
-        one_hot = y.shape.rank == y_pred.shape.rank and y.shape[-1] == y_pred.shape[-1]
-        labels = tf.argmax(y, axis=-1) if one_hot else tf.reshape(tf.cast(y, tf.int64), tf.shape(predicted))
-    return tf.cast(tf.not_equal(predicted, labels), tf.float32)
+        predicted = ops.cast(ops.argmax(y_pred, axis=-1), "int32")
+        one_hot = len(y.shape) == len(y_pred.shape) and y.shape[-1] == y_pred.shape[-1]
+        labels = (ops.argmax(y, axis=-1) if one_hot
+                  else ops.reshape(ops.cast(y, "int32"), ops.shape(predicted)))
+    return ops.cast(ops.not_equal(predicted, ops.cast(labels, "int32")), "float32")
 
 
 class _Wrapped(keras.losses.Loss):
@@ -125,41 +131,30 @@ class Objective:
         self._logits = from_logits(model)
         self.refresh()
 
-        @tf.function(reduce_retracing=True)
         def value(w, fixed, x, y, sw):
             return self._batch_loss(w, fixed, x, y, sw)
 
-        @tf.function(reduce_retracing=True)
         def errors(w, fixed, x, y, sw):
             wrong = misclassified(y, self.predict(w, x, fixed), self._logits)
-            return tf.reduce_sum(wrong * sw), tf.reduce_sum(sw)
+            return ops.sum(wrong * sw), ops.sum(sw)
 
-        @tf.function(reduce_retracing=True)
         def gradient(w, fixed, x, y, sw):
-            with tf.GradientTape() as tape:
-                tape.watch(w)
-                loss = self._batch_loss(w, fixed, x, y, sw)
-            return tape.gradient(loss, w, unconnected_gradients="zero")
+            return backend.value_and_gradients(lambda w: self._batch_loss(w, fixed, x, y, sw), w)[1]
 
-        @tf.function(reduce_retracing=True)
         def hessian_vector_product(w, fixed, x, y, sw, vector):
-            with tf.GradientTape() as outer:
-                outer.watch(w)
-                with tf.GradientTape() as inner:
-                    inner.watch(w)
-                    loss = self._batch_loss(w, fixed, x, y, sw)
-                grads = inner.gradient(loss, w, unconnected_gradients="zero")
-                dot = tf.add_n([tf.reduce_sum(g * v) for g, v in zip(grads, vector)])
-            return outer.gradient(dot, w, unconnected_gradients="zero")
+            return backend.hessian_vector_product(
+                lambda w: self._batch_loss(w, fixed, x, y, sw), w, vector)
 
+        value, errors, gradient, hessian_vector_product = (backend.function(f) for f in (
+            value, errors, gradient, hessian_vector_product))
         self._value, self._errors = value, errors
         self._gradient, self._hvp = gradient, hessian_vector_product
         self._at = {}
 
     def refresh(self) -> None:
         """Take the model's current weights (and BatchNorm statistics) as its weights."""
-        self.weights = [tf.identity(v) for v in self.variables]
-        self.fixed = [tf.identity(v) for v in self.model.non_trainable_variables]
+        self.weights = [backend.snapshot(v) for v in self.variables]
+        self.fixed = [backend.snapshot(v) for v in self.model.non_trainable_variables]
 
     def predict(self, w, x, fixed=None):
         """The model's outputs at weights `w` (inference mode)."""
@@ -169,9 +164,9 @@ class Objective:
     def _batch_loss(self, w, fixed, x, y, sw):
         y_pred, _, extra = self.model.stateless_call(w, fixed, x, training=False,
                                                      return_losses=True)
-        loss = tf.cast(self._loss(y, y_pred, sample_weight=sw), tf.float32)
+        loss = ops.cast(self._loss(y, y_pred, sample_weight=sw), "float32")
         if self._regularized and extra:
-            loss += tf.add_n([tf.cast(tf.reduce_sum(a), tf.float32) for a in extra])
+            loss += sum(ops.cast(ops.sum(a), "float32") for a in extra)
         return loss
 
     def per_sample_losses(self, w, x, y):
@@ -180,15 +175,15 @@ class Objective:
         y_pred, _, extra = self.model.stateless_call(w, self.fixed, x, training=False,
                                                      return_losses=True)
         fn = loss.call
-        values = tf.reshape(tf.cast(fn(y, y_pred), tf.float32), (-1,))
+        values = ops.reshape(ops.cast(fn(y, y_pred), "float32"), (-1,))
         if self._regularized and extra:
-            values += tf.add_n([tf.cast(tf.reduce_sum(a), tf.float32) for a in extra])
+            values += sum(ops.cast(ops.sum(a), "float32") for a in extra)
         return values
 
     def _w(self, weights):
         if weights is None:
             return self.weights
-        return [tf.cast(tf.convert_to_tensor(a), v.dtype) for a, v in zip(weights, self.variables)]
+        return [ops.cast(ops.convert_to_tensor(a), v.dtype) for a, v in zip(weights, self.variables)]
 
     def value(self, weights=None) -> float:
         """L̂(w) over all samples."""
@@ -214,28 +209,30 @@ class Objective:
         w, v = self._w(weights), self._w(vector)
         return self._combine([self._hvp(w, self.fixed, *b, v) for b in self.batches])
 
-    def values_at(self, perturb, arguments, seeds, criterion: str) -> np.ndarray:
-        """The 0-1 error (``criterion="error"``) or the loss at ``perturb(w, *arguments, seed)``
-        for each seed pair of `seeds`, all of them in one traced call per batch (`tf.map_fn`)."""
-        if (perturb, criterion) not in self._at:
-            self._at[perturb, criterion] = self._values_at_function(perturb, criterion)
-        fn, seeds = self._at[perturb, criterion], tf.constant(seeds, tf.int64)
-        parts = [fn(self.weights, self.fixed, arguments, seeds, *b) for b in self.batches]
+    def values_at(self, shift, noises, arguments, criterion: str) -> np.ndarray:
+        """The 0-1 error (``criterion="error"``) or the loss at ``shift(w, z, *arguments)`` for
+        each draw z of `noises` (one array per variable, the draws stacked on the first axis):
+        all the draws in one compiled call per batch."""
+        if (shift, criterion) not in self._at:
+            self._at[shift, criterion] = backend.function(self._values_at_function(shift, criterion))
+        fn = self._at[shift, criterion]
+        noises = [ops.convert_to_tensor(n, v.dtype) for n, v in zip(noises, self.variables)]
+        arguments = [ops.convert_to_tensor(a, "float32") for a in arguments]
+        parts = [to_numpy(fn(self.weights, self.fixed, noises, arguments, *b)) for b in self.batches]
         if criterion == "error":
-            return np.sum([p.numpy() for p in parts], axis=0) / float(np.sum(self.samples.sample_weight))
-        return np.sum([f * p.numpy() for f, p in zip(self._fractions, parts)], axis=0)
+            return np.sum(parts, axis=0) / float(np.sum(self.samples.sample_weight))
+        return np.sum([f * p for f, p in zip(self._fractions, parts)], axis=0)
 
-    def _values_at_function(self, perturb, criterion):
-        @tf.function(reduce_retracing=True)
-        def values(w, fixed, arguments, seeds, x, y, sw):
-            def one(seed):
-                shifted = perturb(w, *arguments, seed)
+    def _values_at_function(self, shift, criterion):
+        def values(w, fixed, noises, arguments, x, y, sw):
+            def one(z):
+                shifted = shift(w, z, *arguments)
                 if criterion == "error":
                     wrong = misclassified(y, self.predict(shifted, x, fixed), self._logits)
-                    return tf.reduce_sum(wrong * sw)
+                    return ops.sum(wrong * sw)
                 return self._batch_loss(shifted, fixed, x, y, sw)
 
-            return tf.map_fn(one, seeds, fn_output_signature=tf.float32)
+            return ops.map(one, noises)
 
         return values
 
@@ -248,13 +245,21 @@ class Objective:
         return self._hvp(self._w(weights), self.fixed, *self.batches[index], self._w(vector))
 
     def _combine(self, parts) -> list:
-        return [tf.add_n([tf.cast(f, p[k].dtype) * p[k] for f, p in zip(self._fractions, parts)])
+        return [sum(ops.cast(f, p[k].dtype) * p[k] for f, p in zip(self._fractions, parts))
                 for k in range(len(self.variables))]
+
+
+def seed_of(*parts: int) -> int:
+    """One 31-bit seed for `keras.random` from several integers (a seed, a step, a draw...)."""
+    key = 0
+    for part in parts:
+        key = noise.mix32_int(key ^ noise.mix32_int(int(part)))
+    return key & 0x7FFFFFFF
 
 
 def dot(a, b) -> float:
     """Σ_k ⟨a_k, b_k⟩ of two lists of tensors, in float64."""
-    return float(sum(tf.reduce_sum(tf.cast(x, tf.float64) * tf.cast(y, tf.float64)) for x, y in zip(a, b)))
+    return float(sum(np.sum(to_numpy(x) * to_numpy(y)) for x, y in zip(a, b)))
 
 
 def progress(verbose: int, target: int, unit: str = "step"):

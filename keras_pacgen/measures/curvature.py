@@ -4,16 +4,19 @@ them), the Fisher information's trace and the gradient noise.
 The Hessian is that of the data loss L̂ over all of `data` (Hessian-vector products averaged over
 the batches, weighted by batch size, as PyHessian does; exact, a derivative of ∇L̂·v). The
 per-sample gradients of the Fisher trace and the gradient noise are computed for a whole batch at
-once (`tf.vectorized_map`).
+once where the backend vectorizes them (``backend.per_sample_squared_norms``).
 """
 
 from __future__ import annotations
 
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from keras_pacgen import _validation as check
 from keras_pacgen.measures import _common
+
+backend = _common.backend
 
 FISHER_LABELS = ("sampled", "empirical")
 
@@ -64,7 +67,8 @@ def top_hessian_eigenvalue(model, data, *, seed: int = 0, iterations: int = 100,
     objective = _common.objective(model, data, batch_size=batch_size, max_samples=max_samples,
                                   seed=seed, include_regularization=include_regularization)
     rng = np.random.default_rng(seed)
-    v = _normalised([tf.constant(rng.normal(size=var.shape), var.dtype) for var in objective.variables])
+    v = _normalised([ops.convert_to_tensor(rng.normal(size=var.shape), var.dtype)
+                     for var in objective.variables])
     bar = _common.progress(verbose, iterations, "product")
     eigenvalue = None
     for _ in range(iterations):
@@ -74,7 +78,7 @@ def top_hessian_eigenvalue(model, data, *, seed: int = 0, iterations: int = 100,
         norm = np.sqrt(_common.dot(hv, hv))
         if norm == 0.0:  # H v = 0: λ = 0
             break
-        v = [h / tf.cast(norm, h.dtype) for h in hv]
+        v = [h / ops.cast(norm, h.dtype) for h in hv]
         if previous is not None and abs(eigenvalue - previous) <= tol * (abs(eigenvalue) + 1e-6):
             break
     return float(eigenvalue)
@@ -82,7 +86,7 @@ def top_hessian_eigenvalue(model, data, *, seed: int = 0, iterations: int = 100,
 
 def _normalised(vector):
     norm = np.sqrt(_common.dot(vector, vector))
-    return [a / tf.cast(norm, a.dtype) for a in vector]
+    return [a / ops.cast(norm, a.dtype) for a in vector]
 
 
 def _per_sample_statistics(model, data, labels, seed, include_regularization, batch_size,
@@ -93,16 +97,15 @@ def _per_sample_statistics(model, data, labels, seed, include_regularization, ba
     objective = _common.objective(model, data, batch_size=batch_size, max_samples=max_samples,
                                   seed=seed, include_regularization=include_regularization)
     statistics = _common.memo(("per_sample_function", id(objective)), lambda: _statistics(objective))
-    draw = _common.memo(("sampled_labels", id(objective)), lambda: tf.function(
-        lambda w, x, y, s: _sampled_labels(objective.predict(w, x), y, _common.from_logits(model), s),
-        reduce_retracing=True))
+    logits = _common.from_logits(model)
 
     def compute():
         bar = _common.progress(verbose, len(objective.batches), "batch")
         squares, total = 0.0, None
         for b, (x, y, sw) in enumerate(objective.batches):
             if labels == "sampled":
-                y = draw(objective.weights, x, y, tf.constant([seed, b], tf.int64))
+                y = _sampled_labels(objective.predict(objective.weights, x), y, logits,
+                                    _common.seed_of(seed, b))
             s2, s1 = statistics(objective.weights, x, y, sw)
             squares += float(s2)
             total = s1 if total is None else [a + c for a, c in zip(total, s1)]
@@ -114,28 +117,19 @@ def _per_sample_statistics(model, data, labels, seed, include_regularization, ba
 
 
 def _statistics(objective):
-    """A traced function of a batch: (Σ_i s_i ‖∇ℓ_i‖², Σ_i s_i ∇ℓ_i), the per-sample gradients
-    taken for all samples at once (`tf.vectorized_map`; memory: batch size × parameters)."""
+    """A compiled function of a batch: (Σ_i s_i ‖∇ℓ_i‖², Σ_i s_i ∇ℓ_i), the per-sample gradients
+    taken for all samples at once where the backend vectorizes them (memory: batch size ×
+    parameters)."""
 
-    @tf.function(reduce_retracing=True)
     def statistics(w, x, y, sw):
-        def squared_norm(sample):
-            xi, yi = sample
-            with tf.GradientTape() as tape:
-                tape.watch(w)
-                loss = tf.reduce_sum(objective.per_sample_losses(w, xi[None], yi[None]))
-            gradient = tape.gradient(loss, w, unconnected_gradients="zero")
-            return tf.add_n([tf.reduce_sum(tf.square(tf.cast(g, tf.float64))) for g in gradient])
-
-        sw64 = tf.cast(sw, tf.float64)
-        squares = tf.reduce_sum(sw64 * tf.vectorized_map(squared_norm, (x, y)))
-        with tf.GradientTape() as tape:  # Σ_i s_i ∇ℓ_i: one backward pass
-            tape.watch(w)
-            weighted = tf.reduce_sum(tf.cast(sw, tf.float32) * objective.per_sample_losses(w, x, y))
-        total = tape.gradient(weighted, w, unconnected_gradients="zero")
+        squares = backend.per_sample_squared_norms(
+            lambda w, xi, yi: ops.sum(objective.per_sample_losses(w, xi, yi)), w, x, y)
+        squares = ops.sum(ops.cast(sw, squares.dtype) * squares)
+        _, total = backend.value_and_gradients(  # Σ_i s_i ∇ℓ_i: one backward pass
+            lambda w: ops.sum(ops.cast(sw, "float32") * objective.per_sample_losses(w, x, y)), w)
         return squares, total
 
-    return statistics
+    return backend.function(statistics)
 
 
 def _sampled_labels(y_pred, y, logits: bool, seed):
@@ -143,11 +137,11 @@ def _sampled_labels(y_pred, y, logits: bool, seed):
     if y_pred.shape[-1] < 2:
         raise ValueError("labels='sampled' needs a classifier with one output per class; use "
                          "labels='empirical' for other models.")
-    log_p = tf.nn.log_softmax(y_pred) if logits else tf.math.log(tf.maximum(y_pred, 1e-12))
-    drawn = tf.random.stateless_categorical(tf.cast(log_p, tf.float32), 1, seed)[:, 0]
-    if y.shape.rank == y_pred.shape.rank and y.shape[-1] == y_pred.shape[-1]:
-        return tf.one_hot(drawn, y_pred.shape[-1], dtype=y.dtype)
-    return tf.reshape(tf.cast(drawn, y.dtype), tf.shape(y))
+    log_p = ops.log_softmax(y_pred) if logits else ops.log(ops.maximum(y_pred, 1e-12))
+    drawn = keras.random.categorical(ops.cast(log_p, "float32"), 1, seed=seed)[:, 0]
+    if len(y.shape) == len(y_pred.shape) and y.shape[-1] == y_pred.shape[-1]:
+        return ops.one_hot(drawn, y_pred.shape[-1], dtype=y.dtype)
+    return ops.reshape(ops.cast(drawn, y.dtype), ops.shape(y))
 
 
 def fisher_trace(model, data, *, labels: str = "sampled", seed: int = 0,

@@ -16,6 +16,7 @@ import hashlib
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 from keras_pacgen import _validation as check
 
@@ -52,8 +53,9 @@ class Samples:
         out = []
         for start in range(0, len(self), self.batch_size):
             part = slice(start, start + self.batch_size)
-            out.append((keras.tree.map_structure(lambda a, p=part: tf.constant(a[p]), self.x),
-                        tf.constant(self.y[part]), tf.constant(self.sample_weight[part])))
+            out.append((keras.tree.map_structure(lambda a, p=part: ops.convert_to_tensor(a[p]), self.x),
+                        ops.convert_to_tensor(self.y[part]),
+                        ops.convert_to_tensor(self.sample_weight[part])))
         return out
 
 

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from keras_pacgen import _validation as check
 from keras_pacgen.measures import _common, norms
@@ -63,15 +64,22 @@ def _bisect(objective, criterion, deviation, tolerance, search_depth, upper, dis
     return radius
 
 
-def _gaussian(weights, magnitude, sigma, seed):
-    """w + u, u_k ~ N(0, σ²) or (magnitude-aware) N(0, σ²w_k² + ε′²), from the seed pair."""
-    out = []
-    for k, w in enumerate(weights):
-        z = tf.random.stateless_normal(tf.shape(w), tf.random.experimental.stateless_fold_in(seed, k),
-                                       dtype=w.dtype)
-        std = tf.sqrt(sigma**2 * tf.square(w) + MAGNITUDE_EPSILON**2) if magnitude else sigma
-        out.append(w + tf.cast(std, w.dtype) * z)
-    return out
+def _gaussian(weights, z, sigma):
+    """w + u, u = σ z ~ N(0, σ²)."""
+    return [w + ops.cast(sigma, w.dtype) * n for w, n in zip(weights, z)]
+
+
+def _magnitude_gaussian(weights, z, sigma):
+    """w + u, u_k = sqrt(σ²w_k² + ε′²) z_k ~ N(0, σ²w_k² + ε′²) (magnitude-aware)."""
+    return [w + ops.cast(ops.sqrt(sigma**2 * ops.square(w) + MAGNITUDE_EPSILON**2), w.dtype) * n
+            for w, n in zip(weights, z)]
+
+
+def _normal_draws(variables, seed, step, draws):
+    """`draws` standard normal draws of every variable (stacked on a first axis), from numpy
+    generators seeded by (seed, step, variable): the same on every backend."""
+    return [np.random.default_rng(_common.seed_of(seed, step, k)).standard_normal(
+        (draws, *v.shape)).astype(np.float32) for k, v in enumerate(variables)]
 
 
 def pacbayes_sigma(model, data, *, magnitude_aware: bool = False, criterion: str = "error",
@@ -88,10 +96,11 @@ def pacbayes_sigma(model, data, *, magnitude_aware: bool = False, criterion: str
                                   seed=seed, include_regularization=include_regularization)
 
     def compute():
-        def displaced(sigma, step):  # the draws of a step together, in one traced call per batch
-            seeds = [[seed, step * draws + k] for k in range(draws)]
-            arguments = (magnitude_aware, tf.constant(sigma, tf.float32))
-            return float(np.mean(objective.values_at(_gaussian, arguments, seeds, criterion)))
+        shift = _magnitude_gaussian if magnitude_aware else _gaussian
+
+        def displaced(sigma, step):  # fresh draws at every step, in one compiled call per batch
+            noises = _normal_draws(objective.variables, seed, step, draws)
+            return float(np.mean(objective.values_at(shift, noises, (sigma,), criterion)))
 
         bar = _common.progress(verbose, search_depth, "step")
         return _bisect(objective, criterion, deviation, tolerance, search_depth, upper, displaced, bar)
@@ -101,22 +110,19 @@ def pacbayes_sigma(model, data, *, magnitude_aware: bool = False, criterion: str
     return _common.memo(key, compute)
 
 
-@tf.function(reduce_retracing=True)
 def _box(weights, magnitude, alpha, epsilon):
-    return [alpha * tf.abs(w) + epsilon if magnitude else alpha * tf.ones_like(w) for w in weights]
+    return [alpha * ops.abs(w) + epsilon if magnitude else alpha * ops.ones_like(w) for w in weights]
 
 
-@tf.function(reduce_retracing=True)
 def _uniform_start(bounds, seed):
     """u uniform in half the box (so that the ascent has room to move)."""
-    return [0.5 * b * tf.random.stateless_uniform(
-        tf.shape(b), tf.random.experimental.stateless_fold_in(seed, k), -1.0, 1.0, dtype=b.dtype)
-        for k, b in enumerate(bounds)]
+    return [0.5 * b * keras.random.uniform(b.shape, -1.0, 1.0, dtype=b.dtype,
+                                           seed=_common.seed_of(*seed, k))
+            for k, b in enumerate(bounds)]
 
 
-@tf.function(reduce_retracing=True)
 def _ascend(deltas, bounds, gradient, step_size):
-    return [tf.clip_by_value(d + step_size * b * tf.sign(g), -b, b)
+    return [ops.clip(d + step_size * b * ops.sign(g), -b, b)
             for d, b, g in zip(deltas, bounds, gradient)]
 
 
@@ -142,10 +148,10 @@ def sharpness_alpha(model, data, *, magnitude_aware: bool = False, criterion: st
         batches = len(objective.batches)
 
         def displaced(alpha, step):
-            bounds = _box(base, magnitude_aware, tf.constant(alpha, tf.float32), MAGNITUDE_EPSILON)
+            bounds = _box(base, magnitude_aware, alpha, MAGNITUDE_EPSILON)
             worst = -math.inf
             for r in range(restarts):
-                deltas = _uniform_start(bounds, tf.constant([seed, step * restarts + r], tf.int64))
+                deltas = _uniform_start(bounds, (seed, step * restarts + r))
                 for k in range(ascent_steps):
                     shifted = [w + d for w, d in zip(base, deltas)]
                     gradient = objective.batch_gradient(k % batches, shifted)

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 
+import keras
 import numpy as np
-import tensorflow as tf
+from keras import ops
 
 from keras_pacgen.measures import _common, folding
 from keras_pacgen.measures import data as data_module
@@ -72,14 +73,17 @@ def margin(model, data, *, seed: int = 0, batch_size: int = 256, max_samples: in
     def compute():
         margins = []
         for x, y, _ in objective.batches:
-            logits = objective.predict(objective.weights, x)
+            logits = _common.to_numpy(objective.predict(objective.weights, x))
             if logits.shape[-1] < 2:
                 raise ValueError("Margins need a classifier with one output per class.")
-            labels = tf.reshape(tf.cast(y, tf.int32), (-1,)) if y.shape.rank < logits.shape.rank or \
-                y.shape[-1] != logits.shape[-1] else tf.argmax(y, -1, output_type=tf.int32)
-            correct = tf.gather(logits, labels, batch_dims=1)
-            others = tf.where(tf.one_hot(labels, logits.shape[-1]) > 0, -np.inf, logits)
-            margins.append((correct - tf.reduce_max(others, axis=-1)).numpy())
+            y = _common.to_numpy(y)
+            labels = (y.reshape(-1).astype(int) if y.ndim < logits.ndim or y.shape[-1] != logits.shape[-1]
+                      else np.argmax(y, -1))
+            rows = np.arange(len(labels))
+            correct = logits[rows, labels]
+            others = logits.copy()
+            others[rows, labels] = -np.inf
+            margins.append(correct - np.max(others, axis=-1))
         margins = np.sort(np.concatenate(margins).astype(np.float64))
         return abs(float(margins[max(len(margins) // 10, 1) - 1]))
 
@@ -193,11 +197,13 @@ def path_norm(model, data, *, seed: int = 0, verbose: int = 0) -> float:
     _common.check_model(model, needs_loss=False)
     samples = data_module.read(data, model=model, batch_size=1, max_samples=1, seed=seed)
     folded = folding.fold(model)
-    ones = tf.nest.map_structure(lambda a: tf.ones((1, *a.shape[1:]), tf.float32), samples.x)
-    squared = [tf.constant(w**2, v.dtype) for w, v in zip(folded.trainable, model.trainable_variables)]
-    fixed = [tf.constant(w, v.dtype) for w, v in zip(folded.non_trainable, model.non_trainable_variables)]
+    ones = keras.tree.map_structure(lambda a: ops.ones((1, *a.shape[1:]), "float32"), samples.x)
+    squared = [ops.convert_to_tensor(w**2, v.dtype)
+               for w, v in zip(folded.trainable, model.trainable_variables)]
+    fixed = [ops.convert_to_tensor(w, v.dtype)
+             for w, v in zip(folded.non_trainable, model.non_trainable_variables)]
     outputs = model.stateless_call(squared, fixed, ones, training=False)[0]
-    return float(tf.reduce_sum(tf.cast(outputs, tf.float64)))
+    return float(np.sum(_common.to_numpy(outputs)))
 
 
 def path_norm_over_margin(model, data, *, seed: int = 0, verbose: int = 0, **kwargs) -> float:

@@ -3,11 +3,12 @@
 * `formulas`: κ, σ, h, ρ and w + u, pure functions in the paper's notation;
 * `step`: one training step, Algorithm 1's lines in the paper's order;
 * `clean_weights`: the clean weights (remove, re-apply, per-device updates);
-* `nonfinite`: the non-finite guard;
 * `noise`: the stateless uniform draw;
 * `mixin`: `PerturbationMixin`, the Keras optimizer around all of it;
 * `arguments`: the perturbation arguments (defaults, documentation, checks);
 * `keras_internals`: the private Keras attributes used, in one place.
+
+What differs between backends (the non-finite guard, per-device copies) is in `keras_pacgen.backends`.
 """
 
 from keras_pacgen.perturbation.arguments import DEFAULTS as PERTURBATION_DEFAULTS

@@ -12,18 +12,21 @@ so that removing or re-applying twice changes nothing.
   the step counter: the same bits as the step drew (see `formulas.perturbed_weights`).
 
 Under a `tf.distribute` strategy every device holds a copy of each variable and of each slot;
-`on_each_device` runs a function once per device on those copies, so that the copies stay
+`backend.on_each_device` runs a function once per device on those copies, so that the copies stay
 identical (the noise is a pure function of seed, step and variable, the same on every device).
+Everything is written with `where`, not `cond`: JAX's optimizer step allows no `cond` that writes.
 """
 
 from __future__ import annotations
 
 import warnings
 
-import keras
-import tensorflow as tf
+from keras import ops
 
+from keras_pacgen import backends
 from keras_pacgen.perturbation import formulas
+
+backend = backends.load()
 
 _NO_CALLBACK_WARNING = (
     "{name}: no PerturbationCallback or PacGenCallback is attached, so between training steps the "
@@ -39,41 +42,16 @@ _EPOCH_NOTE = (
 )
 
 
+def value(variable):
+    """The value of a variable (or of one of its per-device copies) as a tensor: a copy, which
+    later writes to the variable do not change (a PyTorch variable's value is its storage)."""
+    return backend.snapshot(variable)
+
+
 def warn_no_callback(name: str, *, epoch_is_set: bool) -> None:
     """The warning of an optimizer that steps with no callback to keep evaluation clean."""
     warnings.warn(_NO_CALLBACK_WARNING.format(name=name, epoch_note="" if epoch_is_set else _EPOCH_NOTE),
                   stacklevel=4)
-
-
-def _tf_variable(variable):
-    return variable.value if isinstance(variable, keras.Variable) else variable
-
-
-def local(variable, device: str):
-    """The copy of a distributed variable that lives on `device`; a variable that is not
-    distributed, wherever it lives."""
-    variable = _tf_variable(variable)
-    copies = tf.distribute.get_strategy().experimental_local_results(variable)
-    if len(copies) == 1:
-        return copies[0]
-    for component in copies:
-        if component.device == device:
-            return component
-    raise ValueError(f"{variable.name} has no copy on {device}")
-
-
-def on_each_device(anchor, fn) -> None:
-    """Run ``fn(device)`` once on every device that holds a copy of `anchor` (a model variable),
-    from a replica or a cross-replica context, under any strategy or none."""
-
-    def cross_replica(strategy):
-        strategy.extended.update(_tf_variable(anchor), lambda copy: fn(copy.device), group=False)
-
-    context = tf.distribute.get_replica_context()
-    if context is None:  # already in the cross-replica context
-        cross_replica(tf.distribute.get_strategy())
-    else:
-        context.merge_call(cross_replica)
 
 
 def restore_for_step(applied_flag, slots) -> None:
@@ -81,33 +59,29 @@ def restore_for_step(applied_flag, slots) -> None:
     perturbation is applied."""
 
     def on_device(device):
-        pairs = [(local(s.variable, device), local(s.clean, device)) for s in slots]
+        applied = value(backend.local(applied_flag, device)) > 0
+        for s in slots:
+            weights, clean = backend.local(s.variable, device), backend.local(s.clean, device)
+            start = ops.where(applied, value(clean), value(weights))
+            weights.assign(start)
+            clean.assign(start)
 
-        def restore():
-            for weights, clean in pairs:
-                weights.assign(clean)
-
-        def adopt():
-            for weights, clean in pairs:
-                clean.assign(weights)
-
-        tf.cond(local(applied_flag, device) > 0, restore, adopt)
-
-    on_each_device(slots[0].variable, on_device)
+    backend.on_each_device(slots[0].variable, on_device)
 
 
 def remove(applied_flag, slots) -> None:
     """Put the clean weights into the model variables (where the perturbation is applied)."""
 
     def on_device(device):
-        flag = local(applied_flag, device)
+        flag = backend.local(applied_flag, device)
+        applied = value(flag) > 0
         for s in slots:
-            weights = local(s.variable, device)
-            weights.assign(tf.where(flag > 0, local(s.clean, device), weights))
+            weights = backend.local(s.variable, device)
+            weights.assign(ops.where(applied, value(backend.local(s.clean, device)), value(weights)))
         flag.assign(0)
 
     if slots:
-        on_each_device(slots[0].variable, on_device)
+        backend.on_each_device(slots[0].variable, on_device)
 
 
 def reapply(applied_flag, slots, *, seed: int, step) -> None:
@@ -115,16 +89,16 @@ def reapply(applied_flag, slots, *, seed: int, step) -> None:
     one the step numbered `step` drew; the current weights become the clean ones."""
 
     def on_device(device):
-        flag = local(applied_flag, device)
-        applied = flag > 0
+        flag = backend.local(applied_flag, device)
+        applied = value(flag) > 0
         for s in slots:
-            weights, clean = local(s.variable, device), local(s.clean, device)
-            current = tf.identity(weights)
-            noisy = formulas.perturbed_weights(current, local(s.sigma, device), seed=seed,
-                                               step=step, index=s.index)
-            clean.assign(tf.where(applied, clean, current))
-            weights.assign(tf.where(applied, current, noisy))
+            weights, clean = backend.local(s.variable, device), backend.local(s.clean, device)
+            current = value(weights)
+            noisy = formulas.perturbed_weights(current, value(backend.local(s.sigma, device)),
+                                               seed=seed, step=step, index=s.index)
+            clean.assign(ops.where(applied, value(clean), current))
+            weights.assign(ops.where(applied, current, noisy))
         flag.assign(1)
 
     if slots:
-        on_each_device(slots[0].variable, on_device)
+        backend.on_each_device(slots[0].variable, on_device)

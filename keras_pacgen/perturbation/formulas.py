@@ -16,7 +16,8 @@ the mask. ``log_epoch`` is log(1 + epoch) with the epoch counted from 1.
 
 from __future__ import annotations
 
-import tensorflow as tf
+import ml_dtypes
+from keras import ops
 
 from keras_pacgen.perturbation.noise import uniform_unit
 
@@ -27,7 +28,7 @@ def hessian_update(h, g, *, beta1: float):
     Written as ``h_t + (1 − β1)(g² − h_t)``, Adam's form, so that h is bit for bit the second
     moment of a Keras Adam with ``beta_2 = β1``.
     """
-    change = (tf.square(g) - h) * (1.0 - beta1)
+    change = (ops.square(g) - h) * (1.0 - beta1)
     return h + change, change
 
 
@@ -35,14 +36,14 @@ def hessian_change(h_next, g, *, beta1: float):
     """``h_{t+1} − h_t`` from h_{t+1} alone: line 14 solved for h_t (β1 > 0) gives
     ``((1 − β1) / β1) · (g² − h_{t+1})``. For an h that the wrapped optimizer has already updated
     (Adam's second moment), so h_t need not be kept."""
-    return (tf.square(g) - h_next) * ((1.0 - beta1) / beta1)
+    return (ops.square(g) - h_next) * ((1.0 - beta1) / beta1)
 
 
 def debiased(h, *, beta1: float, steps):
     """``h / (1 − β1^t)``: h is a moving average started at 0 (Adam's bias correction), so that
     early in training it is not dominated by its start; `steps` is t (at least 1)."""
-    steps = tf.cast(tf.maximum(steps, 1), tf.float32)
-    return tf.cast(h, tf.float32) / (1.0 - tf.pow(float(beta1), steps))
+    steps = ops.cast(ops.maximum(steps, 1), "float32")
+    return ops.cast(h, "float32") / (1.0 - ops.power(float(beta1), steps))
 
 
 def hessian_lipschitz(h_change, inverse_weight_change):
@@ -51,24 +52,24 @@ def hessian_lipschitz(h_change, inverse_weight_change):
     ``inverse_weight_change`` is ``1 / ‖w_t − w_{t−1}‖``, 0 when the weights did not move (ρ is
     then 0: no estimate).
     """
-    return tf.abs(h_change) * inverse_weight_change
+    return ops.abs(h_change) * inverse_weight_change
 
 
 def inverse_norm(squared_norm):
     """``1 / sqrt(squared_norm)``, and 0 for a zero norm."""
-    return tf.math.divide_no_nan(1.0, tf.sqrt(squared_norm))
+    return ops.divide_no_nan(1.0, ops.sqrt(squared_norm))
 
 
 def neighbourhood_radius(weights, *, gamma: float, epsilon: float, log_epoch):
     """Line 8: ``κ = γ / log(1 + epoch) · |w| + ε``, capped at the dtype's largest value."""
-    weights = tf.convert_to_tensor(weights)
-    kappa = (gamma / tf.cast(log_epoch, weights.dtype)) * tf.abs(weights) + epsilon
-    return tf.minimum(kappa, weights.dtype.max)
+    weights = ops.convert_to_tensor(weights)
+    kappa = (gamma / ops.cast(log_epoch, ops.dtype(weights))) * ops.abs(weights) + epsilon
+    return ops.minimum(kappa, float(ml_dtypes.finfo(ops.dtype(weights)).max))
 
 
 def gradient_mask(g, *, beta2: float):
     """The mask of line 9, ``1{|g| < β2}``: only coordinates with a small gradient are perturbed."""
-    return tf.cast(tf.abs(g) < beta2, g.dtype)
+    return ops.cast(ops.abs(g) < beta2, ops.dtype(g))
 
 
 def perturbation_scale(h, rho, kappa, mask, *, eta: float, log_epoch):
@@ -78,14 +79,14 @@ def perturbation_scale(h, rho, kappa, mask, *, eta: float, log_epoch):
     and an η (h + ρ κ) that overflows gives 0; for finite h >= 0, ρ >= 0 and κ > 0, σ is finite
     and 0 <= σ <= κ.
     """
-    log_epoch = tf.cast(log_epoch, kappa.dtype)
-    bound = tf.sqrt(1.0 / (eta * (h + rho * kappa))) / log_epoch
-    return tf.minimum(bound, kappa) * mask
+    log_epoch = ops.cast(log_epoch, ops.dtype(kappa))
+    bound = ops.sqrt(1.0 / (eta * (h + rho * kappa))) / log_epoch
+    return ops.minimum(bound, kappa) * mask
 
 
 def perturbation(sigma, shape, dtype, *, seed: int, step, index):
     """Lines 10-11: ``u = σ ⊙ r``, ``r ~ U(−1, 1)`` drawn from (seed, step, variable index)."""
-    return tf.cast(sigma, dtype) * uniform_unit(shape, dtype, seed, step, index)
+    return ops.cast(sigma, dtype) * uniform_unit(shape, dtype, seed, step, index)
 
 
 def perturbed_weights(weights, sigma, *, seed: int, step, index):
@@ -95,5 +96,5 @@ def perturbed_weights(weights, sigma, *, seed: int, step, index):
     ``w + u`` is rounded once: the training step and a later re-application compute the same bits,
     with or without XLA.
     """
-    return weights + perturbation(sigma, weights.shape, weights.dtype, seed=seed, step=step,
+    return weights + perturbation(sigma, weights.shape, ops.dtype(weights), seed=seed, step=step,
                                   index=index)

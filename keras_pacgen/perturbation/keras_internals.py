@@ -1,12 +1,10 @@
-"""The private Keras attributes keras-pacgen reads, in one place (Keras 3.6-3.15, TensorFlow backend).
+"""The private Keras attributes keras-pacgen reads, in one place (Keras 3.6-3.15).
 
 Each has no public route in Keras; if a Keras release renames one, this file is the only one to
 change (the tests that build, train, save and score perturbed optimizers fail first).
 """
 
 from __future__ import annotations
-
-import tensorflow as tf
 
 
 def variable_index(optimizer, variable) -> int:
@@ -30,8 +28,8 @@ def second_moments(optimizer) -> list | None:
     return getattr(optimizer, "_velocities", None)
 
 
-def distribution_strategy(optimizer) -> tf.distribute.Strategy:
-    """The `tf.distribute.Strategy` the optimizer was created under. Needed to remove or re-apply
+def distribution_strategy(optimizer):
+    """The `tf.distribute.Strategy` the optimizer was created under (TensorFlow). Needed to remove or re-apply
     the perturbation from a callback, which may run outside that strategy's scope."""
     return optimizer._distribution_strategy
 

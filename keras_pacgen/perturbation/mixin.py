@@ -2,7 +2,8 @@
 
 The mixin is the Keras face of the algorithm: its state (slots), its constructor arguments and
 ``apply``. The step itself is in step.py, its formulas in formulas.py, the clean-weights machinery
-in clean_weights.py and the non-finite guard in nonfinite.py.
+in clean_weights.py, what differs between backends in `keras_pacgen.backends`. All of it runs
+inside ``apply``: JAX's trainer calls ``stateless_apply``, which sees only what ``apply`` writes.
 """
 
 from __future__ import annotations
@@ -10,22 +11,27 @@ from __future__ import annotations
 import contextlib
 
 import keras
-import tensorflow as tf
+from keras import ops
 
 from keras_pacgen import _validation as check
+from keras_pacgen import backends
 from keras_pacgen.perturbation import (
     arguments,
     clean_weights,
     formulas,
     keras_internals,
-    nonfinite,
     step,
 )
+
+backend = backends.load()
 
 
 class PerturbationMixin:
     """Turns a Keras optimizer ``OPT`` into PertOPT (Algorithm 1): each step takes the gradient at
     ``w + u`` and ``OPT`` updates the clean ``w``; between steps the model holds ``w + u``.
+
+    On PyTorch, OPT is Keras's per-variable update (a subclass is not swapped for Keras's
+    `torch._foreach` version, equal to it to float32 rounding), as on JAX and TensorFlow.
 
     Perturbation arguments (keyword-only; symbols of the paper):""" + arguments.DOC
 
@@ -63,15 +69,12 @@ class PerturbationMixin:
         )
         hessians = (keras_internals.second_moments(self) if self._hessian_is_shared
                     else self.add_optimizer_variables(var_list, "hessian"))
-        # σ is stored at bfloat16 precision (noise.py); MultiWorkerMirroredStrategy cannot
-        # broadcast a bfloat16 variable, so there it sits in a float32 slot.
-        collective = isinstance(keras_internals.distribution_strategy(self),
-                                tf.distribute.MultiWorkerMirroredStrategy)
+        sigma_dtype = backend.sigma_dtype(self)  # bfloat16 precision (noise.py)
         sigmas, rhos = [], []
         for var in var_list:
             perturbed = not getattr(var, "overwrite_with_gradient", False)
             prefix = var.path.replace("/", "_")
-            sigmas.append(self.add_variable(var.shape, dtype="float32" if collective else "bfloat16",
+            sigmas.append(self.add_variable(var.shape, dtype=sigma_dtype,
                                             name=f"{prefix}_sigma") if perturbed else None)
             rhos.append(self.add_variable((), name=f"{prefix}_rho") if perturbed else None)
         self._hessians, self._sigmas, self._rhos = hessians, sigmas, rhos
@@ -92,7 +95,7 @@ class PerturbationMixin:
         """The epoch counter (starting at 1) of the log(1 + epoch) factors of Algorithm 1."""
         if self.steps_per_epoch:
             return self.iterations // self.steps_per_epoch + 1
-        return self._epoch if self.built else tf.constant(self._initial_epoch)
+        return self._epoch if self.built else ops.convert_to_tensor(self._initial_epoch, "int32")
 
     def set_epoch(self, epoch: int) -> None:
         """Set the epoch counter (1-based) used when `steps_per_epoch` is None."""
@@ -123,7 +126,7 @@ class PerturbationMixin:
         needs every variable updated first (ρ divides by ‖w_t − w_{t−1}‖ over all of them)."""
         super().update_step(gradient, variable, learning_rate)
         index = keras_internals.variable_index(self, variable)
-        self._gradients[(index, variable.device)] = tf.convert_to_tensor(gradient)
+        self._gradients[(index, backend.device_of(variable))] = backend.dense(gradient)
 
     def apply(self, grads, trainable_variables=None):
         if not self.built:
@@ -139,8 +142,7 @@ class PerturbationMixin:
             return
         self._warn_if_unguarded()
         if self.skip_nonfinite:
-            skip = lambda: self._nonfinite_steps.assign_add(1)  # noqa: E731
-            nonfinite.apply_if_finite(self._step, skip, grads, variables)
+            backend.apply_if_finite(self._step, grads, variables, optimizer=self)
         else:
             self._step(grads, variables)
 
@@ -153,8 +155,8 @@ class PerturbationMixin:
         if slots:
             try:
                 step.perturb(slots, self._gradients, self._settings, applied_flag=self._applied,
-                             step=tf.identity(self.iterations),
-                             log_epoch=tf.math.log1p(tf.cast(self.epoch, tf.float32)))
+                             step=clean_weights.value(self.iterations),
+                             log_epoch=ops.log1p(ops.cast(self.epoch, "float32")))
             finally:
                 self._gradients.clear()
 
@@ -170,10 +172,7 @@ class PerturbationMixin:
 
     def _run_traced(self, name, fn):
         if self.built:
-            if name not in self._traced:
-                self._traced[name] = tf.function(fn, autograph=False)
-            with keras_internals.distribution_strategy(self).scope():
-                self._traced[name]()
+            backend.outside_step(self, self._traced, name, fn)
 
     @contextlib.contextmanager
     def clean_weights(self):
@@ -192,7 +191,7 @@ class PerturbationMixin:
         super().finalize_variable_values(var_list)
 
     # ------------------------------------------------------------------ reading the state
-    def perturbation_state(self, variable) -> dict[str, tf.Tensor]:
+    def perturbation_state(self, variable) -> dict:
         """h, ρ, σ, u and the clean weights of `variable` (a model variable of this optimizer)."""
         if not self.built:
             raise ValueError("perturbation_state() needs a built optimizer: train a step first.")
@@ -205,12 +204,13 @@ class PerturbationMixin:
         if slot is None:
             raise ValueError(f"perturbation_state(): {variable.path} is updated by "
                              "overwrite_with_gradient and never perturbed.")
-        clean = tf.where(self._applied > 0, slot.clean, variable)
+        value = clean_weights.value
+        clean = ops.where(value(self._applied) > 0, value(slot.clean), value(variable))
         return {
-            "hessian": tf.convert_to_tensor(slot.hessian),
-            "rho": tf.convert_to_tensor(slot.rho),
-            "sigma": tf.cast(slot.sigma, variable.dtype),
-            "perturbation": formulas.perturbation(slot.sigma, variable.shape, variable.dtype,
+            "hessian": value(slot.hessian),
+            "rho": value(slot.rho),
+            "sigma": ops.cast(value(slot.sigma), variable.dtype),
+            "perturbation": formulas.perturbation(value(slot.sigma), variable.shape, variable.dtype,
                                                   seed=self.seed, step=self.iterations, index=index),
             "clean_weights": clean,
         }
@@ -223,11 +223,13 @@ class PerturbationMixin:
         if not self.built:
             raise ValueError("The optimizer is not built yet: train at least one step first.")
         slots = self._slots_of(variables)
+        value = clean_weights.value
+        applied = value(self._applied) > 0
         return {
-            "weights": [tf.where(self._applied > 0, s.clean, s.variable) for s in slots],
-            "hessians": [formulas.debiased(s.hessian, beta1=self.hessian_decay,
+            "weights": [ops.where(applied, value(s.clean), value(s.variable)) for s in slots],
+            "hessians": [formulas.debiased(value(s.hessian), beta1=self.hessian_decay,
                                            steps=self.iterations) for s in slots],
-            "rho": tf.reduce_max(tf.stack([tf.convert_to_tensor(s.rho) for s in slots])),
+            "rho": ops.max(ops.stack([value(s.rho) for s in slots])),
         }
 
     # ------------------------------------------------------------------ misc

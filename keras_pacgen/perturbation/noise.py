@@ -1,64 +1,87 @@
 """Stateless uniform noise for the perturbation u of Algorithm 1 (line 11: u_t[i] ~ U(-σ_i, σ_i)).
 
-The draw is a pure function of (seed, step, variable index, element index): no random-generator
-state lives anywhere. Consequences the optimizer relies on:
+The draw is a pure function of (seed, step, variable index, element index), computed with integer
+`keras.ops`: no random-generator state lives anywhere, and one seed gives the same u on JAX,
+PyTorch and TensorFlow (`keras.random` draws differ between backends). Consequences the optimizer
+relies on:
 
-* every replica of a `tf.distribute` run draws the same u for the same step, so mirrored copies
-  stay bit-identical;
+* every replica of a data-parallel run draws the same u for the same step, so the copies of the
+  weights stay bit-identical;
 * a run resumed from a checkpoint draws exactly the u it would have drawn;
 * u never has to be stored: the optimizer keeps σ and draws u = σ ⊙ r again whenever it re-applies
-  the perturbation (after evaluation, say), bit for bit.
-
-Why a counter-based integer hash and not `tf.random.stateless_uniform`: XLA's Philox does not give
-the same bits as TensorFlow's own kernel, so a perturbation drawn in an XLA-compiled train step
-could not be drawn again outside it; and on a CPU it is several times slower than this hash, which
-XLA fuses into one loop of 32-bit multiplies, shifts and xors. The hash is plain 32-bit integer
-arithmetic: the same bits under XLA, TensorFlow and on any device.
+  the perturbation (after evaluation, say), bit for bit, inside or outside a compiled step.
 
 Each element gets ``r = 2^-15 · (lowbias32(i + key) >> 16) − 1``, a uniform on the 2^16-point
 grid of [-1, 1), where ``lowbias32`` is C. Wellons' 32-bit integer hash (xor-shift-multiply, full
-avalanche) and ``key`` hashes (seed, step, variable index) together.
+avalanche) and ``key`` hashes (seed, step mod 2^32, variable index) together. The arithmetic is
+int32 that wraps around (two's complement on every backend and under XLA: the same bits as
+uint32); JAX has no 64-bit integers by default, and PyTorch multiplies no uint32.
 
 Why 16 bits: r has at most 16 significant bits and the optimizer keeps σ at bfloat16 precision
 (8 bits), so ``u = σ·r`` is exact in float32 and ``w + u`` is rounded once, whether or not a
-compiler contracts the multiply and the add into an FMA. The perturbed weights computed inside an
-XLA train step and computed again outside it are therefore the same bits.
+compiler contracts the multiply and the add into an FMA.
 """
 
 from __future__ import annotations
 
 import math
 
-import tensorflow as tf
+import numpy as np
+from keras import ops
 
 _GOLDEN = 0x9E3779B9
 
 
-def _u32(value: int) -> tf.Tensor:
-    return tf.constant(value & 0xFFFFFFFF, tf.uint32)
+def _i32(value: int) -> int:
+    """The int32 with the bits of the uint32 `value`."""
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value >= 1 << 31 else value
 
 
-def mix32(x: tf.Tensor) -> tf.Tensor:
-    """lowbias32: a bijective 32-bit integer hash with good avalanche (uint32 in, uint32 out)."""
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(16)))
-    x = x * _u32(0x7FEB352D)
-    x = tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(15)))
-    x = x * _u32(0x846CA68B)
-    return tf.bitwise.bitwise_xor(x, tf.bitwise.right_shift(x, _u32(16)))
+def _shift_right(x, bits: int):
+    """The logical (unsigned) right shift of an int32 tensor."""
+    return ops.bitwise_and(ops.right_shift(x, bits), (1 << (32 - bits)) - 1)
 
 
-def stream_key(seed: int, step, index) -> tf.Tensor:
-    """A uint32 key for (seed, step, variable index); `step` is a scalar integer tensor."""
-    step = tf.cast(step, tf.int64)
-    low = tf.cast(tf.bitwise.bitwise_and(step, 0xFFFFFFFF), tf.uint32)
-    high = tf.cast(tf.bitwise.right_shift(step, 32), tf.uint32)
-    key = mix32(_u32(seed) ^ _u32(int(seed) >> 32) * _u32(_GOLDEN))
-    key = mix32(key ^ low)
-    index = tf.cast(index, tf.uint32)
-    return mix32(key ^ high ^ (index * _u32(0x85EBCA6B) + _u32(1)))
+def mix32(x):
+    """lowbias32: a bijective 32-bit integer hash with good avalanche (int32 bits in and out)."""
+    x = ops.bitwise_xor(x, _shift_right(x, 16))
+    x = ops.multiply(x, ops.convert_to_tensor(_i32(0x7FEB352D), "int32"))
+    x = ops.bitwise_xor(x, _shift_right(x, 15))
+    x = ops.multiply(x, ops.convert_to_tensor(_i32(0x846CA68B), "int32"))
+    return ops.bitwise_xor(x, _shift_right(x, 16))
 
 
-def uniform_unit(shape, dtype, seed: int, step, index) -> tf.Tensor:
+def mix32_int(x: int) -> int:
+    """`mix32` of a Python integer (the seed's part of the key, computed once)."""
+    with np.errstate(over="ignore"):
+        x = np.uint32(x & 0xFFFFFFFF)
+        x ^= x >> np.uint32(16)
+        x *= np.uint32(0x7FEB352D)
+        x ^= x >> np.uint32(15)
+        x *= np.uint32(0x846CA68B)
+        x ^= x >> np.uint32(16)
+    return int(x)
+
+
+def stream_key(seed: int, step, index):
+    """An int32 key for (seed, step, variable index); `step` is a scalar integer tensor."""
+    seed_key = mix32_int(seed ^ ((int(seed) >> 32) * _GOLDEN))
+    step = ops.convert_to_tensor(step)
+    low = ops.cast(step, "int32") if ops.dtype(step) == "int32" else _low_bits(step)
+    key = mix32(ops.bitwise_xor(ops.convert_to_tensor(_i32(seed_key), "int32"), low))
+    index = ops.cast(index, "int32")
+    index_key = ops.add(ops.multiply(index, ops.convert_to_tensor(_i32(0x85EBCA6B), "int32")), 1)
+    return mix32(ops.bitwise_xor(key, index_key))
+
+
+def _low_bits(step):
+    """The low 32 bits of an int64 step, as int32 bits."""
+    low = ops.bitwise_and(ops.cast(step, "int64"), 0xFFFFFFFF)
+    return ops.cast(ops.where(low >= 1 << 31, low - (1 << 32), low), "int32")
+
+
+def uniform_unit(shape, dtype, seed: int, step, index):
     """r ~ U(-1, 1) of `shape`, a deterministic function of (seed, step, index).
 
     Args:
@@ -69,7 +92,7 @@ def uniform_unit(shape, dtype, seed: int, step, index) -> tf.Tensor:
         index: position of the variable in the optimizer's variable list (int or int tensor).
     """
     size = math.prod(int(d) for d in shape)
-    counter = tf.bitcast(tf.range(size, dtype=tf.int32), tf.uint32)
-    bits = mix32(counter + stream_key(seed, step, index))
-    r = tf.cast(tf.bitwise.right_shift(bits, _u32(16)), tf.float32) * (2.0**-15) - 1.0
-    return tf.cast(tf.reshape(r, shape), dtype)
+    counter = ops.arange(size, dtype="int32")
+    bits = mix32(ops.add(counter, stream_key(seed, step, index)))
+    r = ops.cast(_shift_right(bits, 16), "float32") * (2.0**-15) - 1.0
+    return ops.cast(ops.reshape(r, shape), dtype)

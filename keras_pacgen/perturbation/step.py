@@ -2,7 +2,7 @@
 
 The caller's forward and backward pass has computed ``g_{t+1} = ∇L̂_t(w_t + u_t)``, the gradient at
 the perturbed point (Algorithm 1 line 13). `PerturbationMixin.apply` then runs, on every replica
-or, when a gradient is not finite, not at all (see nonfinite.py):
+or, when a gradient is not finite, not at all (``backend.apply_if_finite``):
 
 1. `clean_weights.restore_for_step`: the model variables go back from ``w_t + u_t`` to ``w_t``;
 2. the wrapped optimizer's ``apply`` on ``w_t``: line 15, ``w_{t+1} = OPT(w_t)`` fed ``g_{t+1}``,
@@ -22,10 +22,13 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import tensorflow as tf
+from keras import ops
 
+from keras_pacgen import backends
 from keras_pacgen.perturbation import formulas
-from keras_pacgen.perturbation.clean_weights import local, on_each_device
+from keras_pacgen.perturbation.clean_weights import value
+
+backend = backends.load()
 
 
 class Settings(NamedTuple):
@@ -59,7 +62,7 @@ def next_perturbation(g, h, weights, previous, inverse_change, log_epoch, step, 
     Returns (σ, w + u, h_{t+1}, ρ). The formulas run in float32 whatever the variable's dtype (a
     float16 g² overflows for |g| > 256); w + u is in the variable's dtype.
     """
-    g, h, w, w_prev = (tf.cast(x, tf.float32) for x in (g, h, weights, previous))
+    g, h, w, w_prev = (ops.cast(x, "float32") for x in (g, h, weights, previous))
     if s.hessian_is_updated:  # line 14 was OPT's own update of its second moment
         h_change = formulas.hessian_change(h, g, beta1=s.beta1)
     else:  # line 14
@@ -70,22 +73,22 @@ def next_perturbation(g, h, weights, previous, inverse_change, log_epoch, step, 
     )
     mask = formulas.gradient_mask(g, beta2=s.beta2)
     sigma = formulas.perturbation_scale(h, rho, kappa, mask, eta=s.eta, log_epoch=log_epoch)  # line 9
-    sigma = tf.cast(sigma, tf.bfloat16)  # bfloat16 precision makes u = σ·r exact (noise.py)
+    sigma = ops.cast(sigma, "bfloat16")  # bfloat16 precision makes u = σ·r exact (noise.py)
     noisy = formulas.perturbed_weights(weights, sigma, seed=s.seed, step=step, index=index)  # 10-11
     return sigma, noisy, h, rho
 
 
-# The elementwise work of all variables on one device, compiled by XLA into a few loops: as
-# separate TensorFlow ops it would be some forty passes over the weights. (The reductions stay
-# outside: XLA's CPU backend reduces a long vector several times slower than TensorFlow.) Inside a
-# train step that is compiled already (jit_compile=True) it is simply part of it.
-@tf.function(jit_compile=True, autograph=False)
+# The elementwise work of all variables on one device, compiled on its own where the backend
+# would not compile it (TensorFlow without jit_compile; see `backend.compiled`).
 def _next_perturbations(gradients, hessians, weights, previous, inverse_changes, log_epoch, step,
                         indices, settings):
     return [
         next_perturbation(g, h, w, p, n, log_epoch, step, i, settings)
         for g, h, w, p, n, i in zip(gradients, hessians, weights, previous, inverse_changes, indices)
     ]
+
+
+_next_perturbations = backend.compiled(_next_perturbations)
 
 
 def perturb(slots: list[Slots], gradients: dict, settings: Settings, *, applied_flag, step,
@@ -97,37 +100,38 @@ def perturb(slots: list[Slots], gradients: dict, settings: Settings, *, applied_
     """
 
     def on_device(device):
-        keys = {s.index: (s.index, local(s.variable, device).device) for s in slots}
+        keys = {s.index: (s.index, backend.device_of(backend.local(s.variable, device)))
+                for s in slots}
         moved = [s for s in slots if keys[s.index] in gradients]
         for s in slots:
             if keys[s.index] not in gradients:
-                local(s.sigma, device).assign(tf.zeros(s.sigma.shape, s.sigma.dtype))
-                local(s.rho, device).assign(0.0)
+                backend.local(s.sigma, device).assign(ops.zeros(s.sigma.shape, s.sigma.dtype))
+                backend.local(s.rho, device).assign(0.0)
         if moved:
             _perturb_device(moved, [gradients[keys[s.index]] for s in moved], device,
                             settings, step, log_epoch)
-        local(applied_flag, device).assign(1)
+        backend.local(applied_flag, device).assign(1)
 
-    on_each_device(slots[0].variable, on_device)
+    backend.on_each_device(slots[0].variable, on_device)
 
 
 def _perturb_device(slots, gradients, device, settings, step, log_epoch):
-    weights = [tf.identity(local(s.variable, device)) for s in slots]  # w_t
-    previous = [tf.identity(local(s.clean, device)) for s in slots]  # w_{t−1}
-    hessians = [tf.identity(local(s.hessian, device)) for s in slots]
-    squares = [2.0 * tf.nn.l2_loss(tf.cast(w, tf.float32) - tf.cast(p, tf.float32))  # ‖w_t − w_{t−1}‖²
+    local = backend.local
+    weights = [value(local(s.variable, device)) for s in slots]  # w_t
+    previous = [value(local(s.clean, device)) for s in slots]  # w_{t−1}
+    hessians = [value(local(s.hessian, device)) for s in slots]
+    squares = [ops.sum(ops.square(ops.cast(w, "float32") - ops.cast(p, "float32")))  # ‖w_t − w_{t−1}‖²
                for w, p in zip(weights, previous)]
     if settings.global_norm:
-        inverse_changes = [formulas.inverse_norm(tf.add_n(squares))] * len(slots)
+        inverse_changes = [formulas.inverse_norm(sum(squares))] * len(slots)
     else:
         inverse_changes = [formulas.inverse_norm(s) for s in squares]
     outputs = _next_perturbations(gradients, hessians, weights, previous, inverse_changes,
                                   log_epoch, step, tuple(s.index for s in slots), settings)
     for s, w, (sigma, noisy, h, rho) in zip(slots, weights, outputs):
-        local(s.sigma, device).assign(tf.cast(sigma, s.sigma.dtype))
-        local(s.rho, device).assign(tf.maximum(tf.reduce_max(rho), 0.0))  # 0 for an empty variable
+        local(s.sigma, device).assign(ops.cast(sigma, s.sigma.dtype))
+        local(s.rho, device).assign(ops.max(rho, initial=0.0))  # 0 for an empty variable
         if not settings.hessian_is_updated:
-            local(s.hessian, device).assign(tf.cast(h, s.hessian.dtype))
-        moved = local(s.variable, device).assign(noisy)
-        with tf.control_dependencies([moved]):  # then w_t's buffer is free for the clean slot
-            local(s.clean, device).assign(w)
+            local(s.hessian, device).assign(ops.cast(h, s.hessian.dtype))
+        local(s.variable, device).assign(noisy)
+        local(s.clean, device).assign(w)

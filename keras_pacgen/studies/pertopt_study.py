@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import os
 
+import keras
 import numpy as np
 
 from keras_pacgen import reporting, training
@@ -85,14 +86,15 @@ def make(*, quick: bool = False, seeds: int | None = None) -> Study:
 def capped_share(optimizer, model) -> float:
     """The share of perturbed coordinates (σ > 0) whose σ is at its cap κ = γ/log(1+epoch)·|w| + ε
     (κ from the final clean weights; σ is stored at bfloat16 precision, hence the 1% margin)."""
-    log_epoch = math.log1p(float(optimizer.epoch.numpy()))
+    log_epoch = math.log1p(float(keras.ops.convert_to_numpy(keras.ops.copy(optimizer.epoch))))
     perturbed = capped = 0
     for v in model.trainable_variables:
         state = optimizer.perturbation_state(v)
-        sigma = state["sigma"].numpy().astype(np.float64)
+        sigma = keras.ops.convert_to_numpy(state["sigma"]).astype(np.float64)
         kappa = formulas.neighbourhood_radius(state["clean_weights"], gamma=optimizer.gamma,
                                               epsilon=optimizer.kappa_epsilon,
-                                              log_epoch=log_epoch).numpy()
+                                              log_epoch=log_epoch)
+        kappa = keras.ops.convert_to_numpy(kappa)
         on = sigma > 0
         perturbed += int(on.sum())
         capped += int((sigma[on] >= 0.99 * kappa[on]).sum())

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from conftest import JIT
 
 import keras_pacgen as kp
 
@@ -45,7 +46,7 @@ def numpy_sam(w, x, y, steps, adaptive, splits=1, sample_weight=None, l2=0.0):
 
 
 @pytest.mark.parametrize("adaptive", [False, True])
-@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize("jit", JIT)
 def test_three_steps_match_numpy_sam(adaptive, jit):
     model, x, y = problem()
     w0 = model.get_weights()[0]

@@ -6,6 +6,10 @@ import numpy as np
 import pytest
 
 import keras_pacgen as kp
+from keras_pacgen import backends
+
+# ψ is computed in float64, in float32 on JAX without jax_enable_x64
+REL = 1e-9 if backends.load().WIDE_FLOAT == "float64" else 1e-6
 
 
 def numpy_psi(ws, hs, rho, gamma=0.1, eps=0.1):
@@ -40,7 +44,7 @@ def test_psi_matches_numpy_reference():
     for rho in (0.0, 0.3, 5.0):
         for gamma, eps in ((0.1, 0.1), (1.0, 0.01)):
             got = kp.psi(ws, hs, rho, gamma=gamma, epsilon=eps)
-            assert got == pytest.approx(numpy_psi(ws, hs, rho, gamma, eps), rel=1e-9)
+            assert got == pytest.approx(numpy_psi(ws, hs, rho, gamma, eps), rel=REL)
     terms = kp.psi_terms(ws, hs, 0.3)
     for t in terms:
         assert float(t["psi"]) == pytest.approx(float(t["scale"] + t["hessian"] + t["rho"]))
@@ -71,7 +75,7 @@ def test_bound_hand_value_and_eq11_equals_eq9_at_sigma_star():
     assert np.all(star[0] < 0.1 * np.abs(ws[0]) + 0.1)  # interior: not capped
     eq11 = kp.pac_bayes_bound(0.3, ws, hs, 0.0, n=500, eta=1.0)
     eq9 = kp.pac_bayes_bound(0.3, ws, hs, 0.0, n=500, eta=1.0, sigma=star)
-    assert eq11 == pytest.approx(eq9, rel=1e-10)
+    assert eq11 == pytest.approx(eq9, rel=REL)
     # and σ* minimises eq. 9
     for f in (0.8, 1.1):
         assert kp.pac_bayes_bound(0.3, ws, hs, 0.0, n=500, eta=1.0, sigma=[star[0] * f]) > eq9
