@@ -91,7 +91,7 @@ class PacGen(keras.metrics.Metric):
     computes it).
 
     Not on JAX: Keras's JAX trainer shows a metric its own variables only, not the optimizer's
-    state (the metric raises there); use `PacGenCallback` or `psi_from_optimizer(model)`.
+    state (creating the metric raises there); use `PacGenCallback` or `psi_from_optimizer(model)`.
 
     Args:
         model: the model whose optimizer and weights are read (metrics do not see the model
@@ -109,6 +109,8 @@ class PacGen(keras.metrics.Metric):
         name: str = "pacgen",
         dtype=None,
     ):
+        if keras.backend.backend() == "jax":
+            raise ValueError(_JAX_METRIC)
         super().__init__(name=name, dtype=dtype)
         self.gamma = check.check_float("gamma", gamma, low=0.0)
         self.epsilon = check.check_float("epsilon", epsilon, low=0.0, low_inclusive=False)

@@ -58,43 +58,6 @@ def test_backup_and_restore_resume_mid_epoch_is_bit_identical(tmp_path):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
 
 
-@pytest.fixture
-def mixed_precision():
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    yield
-    keras.mixed_precision.set_global_policy("float32")
-
-
-def test_mixed_precision_wraps_trains_and_skips_nonfinite_steps(mixed_precision):
-    from keras_pacgen import datasets, models
-
-    data = datasets.load("mnist1d", batch_size=64)
-    keras.utils.set_random_seed(0)
-    model = models.conv_net()
-    opt = kp.PerturbedAdam(learning_rate=3e-3, eta=0.01, gamma=0.1, seed=0)
-    model.compile(optimizer=opt, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                  metrics=["accuracy"])
-    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
-    assert model.optimizer.inner_optimizer is opt
-    history = model.fit(data.train, epochs=6, verbose=0, callbacks=[kp.PerturbationCallback()])
-    acc = model.evaluate(data.test, verbose=0, return_dict=True)["accuracy"]
-    assert history.history["loss"][-1] < history.history["loss"][0]
-    assert acc > 0.5  # chance is 0.1
-    assert any(float(tf.reduce_max(opt.perturbation_state(v)["sigma"])) > 0 for v in model.trainable_variables)
-    # a step with non-finite (scaled) gradients: LossScaleOptimizer skips the inner apply
-    opt.apply_perturbation()
-    weights = [v.numpy() for v in model.trainable_variables]
-    state = [np.asarray(v) for v in opt.variables]
-    scale = float(model.optimizer.dynamic_scale.numpy())
-    bad = [tf.fill(v.shape, np.inf) for v in model.trainable_variables]
-    model.optimizer.apply(bad, model.trainable_variables)
-    for a, v in zip(weights, model.trainable_variables):
-        np.testing.assert_array_equal(a, v.numpy())
-    for a, v in zip(state, opt.variables):
-        np.testing.assert_array_equal(a, np.asarray(v))
-    assert float(model.optimizer.dynamic_scale.numpy()) == scale / 2
-
-
 def test_nonfinite_gradient_without_loss_scaling_is_skipped_and_reported():
     x, y = toy_data()
     x_bad = x.copy()

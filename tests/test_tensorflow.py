@@ -1,11 +1,9 @@
-"""What only TensorFlow has: tf.function tracing and SavedModel export of a perturbed model."""
+"""What only TensorFlow has: tf.function tracing of a perturbed step."""
 
 import warnings
 
 import keras
-import numpy as np
 import pytest
-import tensorflow as tf
 from conftest import LOSS, small_model, toy_data
 
 import keras_pacgen as kp
@@ -42,16 +40,3 @@ def test_no_retrace_after_the_first_epoch(jit):
     assert per_epoch[0] >= 1 and per_epoch == [per_epoch[0]] * 4
     assert per_epoch[0] <= 2  # tf.function may trace twice on its first call, as it does for Adam
     assert int(opt.epoch.numpy()) == 4  # the epoch advanced without retracing
-
-
-def test_export_serves_the_clean_model(tmp_path):
-    model = fit(kp.PerturbedAdam(learning_rate=1e-2, **PERT), epochs=2,
-                callbacks=[kp.PerturbationCallback()])
-    x, _ = toy_data()
-    path = str(tmp_path / "exported")
-    model.export(path, verbose=False)
-    reloaded = tf.saved_model.load(path)  # keep a reference: its variables die with it
-    served = reloaded.serve(tf.constant(x)).numpy()
-    np.testing.assert_allclose(served, model.predict(x, verbose=0), atol=1e-6)
-    model.optimizer.apply_perturbation()  # perturbed weights really differ
-    assert np.max(np.abs(served - model.predict(x, verbose=0))) > 1e-4

@@ -1,15 +1,17 @@
 """What differs between Keras's backends, one small module each: `tensorflow`, `jax`, `torch`.
 
-Everything else in keras-pacgen is written in `keras.ops`. Each backend module has the same
-functions (``from keras_pacgen.backends import current as backend``):
+Everything else in keras-pacgen is written in `keras.ops`. Each backend module has (``backend =
+backends.load()``):
 
-* ``local(variable, device)`` and ``on_each_device(anchor, fn)``: the per-device copies of a
-  variable under `tf.distribute` (elsewhere a variable is one array, ``device`` is None);
-* ``apply_if_finite(step, grads, variables, *, optimizer)``: the non-finite guard;
-* ``compiled(fn)``: the elementwise work of a step, compiled on its own where the backend would
-  not compile it anyway; ``outside_step(optimizer, name, fn)``: run ``fn`` between two steps;
-* ``value_and_gradients(fn, weights)`` and ``hessian_vector_product(fn, weights, vector)``: the
-  derivatives of a function of a list of weight tensors (measures, SAM).
+* the optimizer step: ``local(variable, device)``, ``device_of``, ``on_each_device(anchor, fn)``
+  (the per-device copies of `tf.distribute`; one array elsewhere, `_one_array`), ``dense``,
+  ``snapshot(variable)``, ``apply_if_finite(step, grads, variables, *, optimizer)`` (the
+  non-finite guard), ``compiled(fn)`` (the step's elementwise work), ``outside_step`` (remove or
+  re-apply the perturbation between steps), ``sigma_dtype``;
+* derivatives, for the measures and SAM: ``function(fn)`` (compiled), ``value_and_gradients``,
+  ``hessian_vector_product``, ``per_sample_squared_norms``; SAM's step: ``training_gradients``
+  and ``without_gradients`` (TensorFlow, PyTorch) or ``sam_train_step`` (JAX, pure);
+* ``WIDE_FLOAT`` (float64; float32 under JAX without x64) and ``is_concrete(value)``.
 
 `check()` runs when keras_pacgen is imported, before Keras is: a backend Keras has but we do not
 support, or one whose package is missing, is refused with what to select or install.

@@ -7,6 +7,8 @@ import jax
 import keras
 from keras import ops
 
+from keras_pacgen.backends._one_array import dense, device_of, local, on_each_device  # noqa: F401
+
 WIDE_FLOAT = "float64" if jax.config.read("jax_enable_x64") else "float32"
 
 
@@ -15,27 +17,13 @@ def is_concrete(value) -> bool:
     return not isinstance(value, jax.core.Tracer)
 
 
-def local(variable, device):
-    """The variable itself: JAX keeps one (possibly sharded) array per variable."""
-    return variable
 
-
-def device_of(variable):
-    return None
-
-
-def dense(gradient):
-    return gradient
 
 
 def snapshot(variable):
     """The value of a variable as an array (immutable: no copy needed)."""
     return ops.convert_to_tensor(variable)
 
-
-def on_each_device(anchor, fn) -> None:
-    """``fn(None)``, once: the program runs on all devices of a distribution at once."""
-    fn(None)
 
 
 def all_finite(grads):

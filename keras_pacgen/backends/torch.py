@@ -6,6 +6,8 @@ import torch
 from keras import ops
 from keras import tree as keras_tree
 
+from keras_pacgen.backends._one_array import dense, device_of, local, on_each_device  # noqa: F401
+
 WIDE_FLOAT = "float64"
 
 
@@ -13,26 +15,13 @@ def is_concrete(value) -> bool:
     return True
 
 
-def local(variable, device):
-    """The variable itself."""
-    return variable
 
-
-def device_of(variable):
-    return None
-
-
-def dense(gradient):
-    return gradient
 
 
 def snapshot(variable):
     """The value of a variable as a tensor: a copy, outside autograd."""
     return ops.convert_to_tensor(variable).detach().clone()
 
-
-def on_each_device(anchor, fn) -> None:
-    fn(None)
 
 
 def apply_if_finite(step, grads, variables, *, optimizer) -> None:
