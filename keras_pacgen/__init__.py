@@ -1,4 +1,5 @@
-"""keras-pacgen: PAC-Bayes local generalization (Wang et al., AISTATS 2020) for Keras 3.
+"""keras-pacgen: PAC-Bayes local generalization (Wang et al., AISTATS 2020) for Keras 3, on JAX,
+PyTorch and TensorFlow (what differs between them: `keras_pacgen.backends`).
 
 * Perturbed optimizers (Algorithm 1, PertOPT): `PerturbedAdam`, `PerturbedSGD`, `perturbed()`
   and `perturb()` for any Keras optimizer.
