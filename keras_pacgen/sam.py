@@ -93,15 +93,27 @@ class SharpnessAwareMinimization(keras.Model):
         (data,) = args
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         variables = self.trainable_variables
-        loss, outputs, grads = 0.0, [], [0.0] * len(variables)
-        for share, part in self.parts((x, y, sample_weight)):  # the parts' mean, by their sizes
-            part_loss, part_pred, part_grads = self._sharp_gradients(*part, variables)
+        loss, y_pred, grads = self.mean_over_parts(
+            (x, y, sample_weight), lambda *part: self._sharp_gradients(*part, variables))
+        backend.without_gradients(lambda: self.optimizer.apply(grads, variables))
+        return self.update_metrics(loss, y, y_pred, sample_weight)
+
+    def mean_over_parts(self, data, sharp_gradients):
+        """(loss, outputs, ∇L(w + ε)) of the batch from ``sharp_gradients(x, y, sample_weight)``
+        of each part of m-sharpness: losses and gradients averaged by the parts' sizes, outputs
+        concatenated."""
+        loss, outputs, grads = 0.0, [], None
+        for share, part in self.parts(data):
+            part_loss, part_pred, part_grads = sharp_gradients(*part)
             loss += share * ops.cast(part_loss, "float32")
             outputs.append(part_pred)
-            grads = [g + ops.cast(share, pg.dtype) * pg for g, pg in zip(grads, part_grads)]
-        y_pred = keras.tree.map_structure(lambda *t: ops.concatenate(t, axis=0), *outputs)
-        backend.without_gradients(lambda: self.optimizer.apply(grads, variables))
-        for metric in self.metrics:  # as keras.Model.train_step, from the first (clean) pass
+            scaled = [ops.cast(share, g.dtype) * g for g in part_grads]
+            grads = scaled if grads is None else [a + b for a, b in zip(grads, scaled)]
+        return loss, keras.tree.map_structure(lambda *t: ops.concatenate(t, axis=0), *outputs), grads
+
+    def update_metrics(self, loss, y, y_pred, sample_weight) -> dict:
+        """The logs, as keras.Model.train_step makes them, from the first (clean) pass."""
+        for metric in self.metrics:
             if metric.name == "loss":
                 metric.update_state(loss)
             else:
@@ -114,7 +126,7 @@ class SharpnessAwareMinimization(keras.Model):
         epsilons = self.ascent(grads, variables)
         # w and the statistics are copied and put back exactly (not w + ε − ε, off in the last bit)
         kept = [v for v, f in zip(self.non_trainable_variables, self.statistics()) if f]
-        values = [ops.copy(v) for v in (*variables, *kept)]
+        values = [backend.snapshot(v) for v in (*variables, *kept)]
         backend.without_gradients(lambda: [v.assign_add(e) for v, e in zip(variables, epsilons)])
         _, _, grads = backend.training_gradients(self, x, y, sample_weight, variables, reduce=False)
         backend.without_gradients(

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from keras import ops
+
 
 def local(variable, device):
     """The variable itself."""
@@ -20,3 +22,9 @@ def on_each_device(anchor, fn) -> None:
 
 def dense(gradient):
     return gradient
+
+
+def all_finite(grads):
+    """Whether every entry of every gradient is finite (a boolean scalar tensor)."""
+    flags = [ops.all(ops.isfinite(g)) for g in grads if g is not None]
+    return ops.all(ops.stack(flags)) if flags else ops.convert_to_tensor(True)

@@ -7,7 +7,13 @@ import jax
 import keras
 from keras import ops
 
-from keras_pacgen.backends._one_array import dense, device_of, local, on_each_device  # noqa: F401
+from keras_pacgen.backends._one_array import (  # noqa: F401
+    all_finite,
+    dense,
+    device_of,
+    local,
+    on_each_device,
+)
 
 WIDE_FLOAT = "float64" if jax.config.read("jax_enable_x64") else "float32"
 
@@ -24,12 +30,6 @@ def snapshot(variable):
     """The value of a variable as an array (immutable: no copy needed)."""
     return ops.convert_to_tensor(variable)
 
-
-
-def all_finite(grads):
-    """Whether every entry of every gradient is finite (a boolean scalar tensor)."""
-    flags = [ops.all(ops.isfinite(g)) for g in grads if g is not None]
-    return ops.all(ops.stack(flags)) if flags else ops.convert_to_tensor(True)
 
 
 def apply_if_finite(step, grads, variables, *, optimizer) -> None:
@@ -83,30 +83,25 @@ def sam_train_step(sam, state, data):
     x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
     grad_fn = jax.value_and_grad(sam.compute_loss_and_updates, has_aux=True)
     keep = sam.statistics()
-    loss, outputs, grads = 0.0, [], [0.0] * len(trainable)
-    for share, (px, py, psw) in sam.parts((x, y, sample_weight)):
-        (_, (part_loss, part_pred, first, metrics_variables)), g = grad_fn(
-            trainable, non_trainable, metrics_variables, px, py, psw, training=True,
+
+    def sharp_gradients(x, y, sample_weight):
+        nonlocal non_trainable, metrics_variables
+        (_, (loss, y_pred, first, metrics_variables)), g = grad_fn(
+            trainable, non_trainable, metrics_variables, x, y, sample_weight, training=True,
             optimizer_variables=optimizer_variables)
         shifted = [w + e for w, e in zip(trainable, sam.ascent(g, trainable))]
         (_, (_, _, second, metrics_variables)), g = grad_fn(
-            shifted, first, metrics_variables, px, py, psw, training=True,
+            shifted, first, metrics_variables, x, y, sample_weight, training=True,
             optimizer_variables=optimizer_variables)
         non_trainable = [a if k else b for a, b, k in zip(first, second, keep)]
-        loss += share * ops.cast(part_loss, "float32")
-        outputs.append(part_pred)
-        grads = [acc + ops.cast(share, pg.dtype) * pg for acc, pg in zip(grads, g)]
-    y_pred = keras.tree.map_structure(lambda *t: ops.concatenate(t, axis=0), *outputs)
+        return loss, y_pred, g
+
+    loss, y_pred, grads = sam.mean_over_parts((x, y, sample_weight), sharp_gradients)
     trainable, optimizer_variables = sam.optimizer.stateless_apply(optimizer_variables, grads,
                                                                    trainable)
     with keras.StatelessScope(state_mapping=list(zip(sam.metrics_variables,
                                                      metrics_variables))) as scope:
-        for metric in sam.metrics:
-            if metric.name == "loss":
-                metric.update_state(loss)
-            else:
-                metric.update_state(y, y_pred, sample_weight=sample_weight)
-        logs = {m.name: m.result() for m in sam.metrics}
+        logs = sam.update_metrics(loss, y, y_pred, sample_weight)
     metrics_variables = [scope.get_current_value(v) for v in sam.metrics_variables]
     return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
 

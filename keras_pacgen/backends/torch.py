@@ -6,7 +6,13 @@ import torch
 from keras import ops
 from keras import tree as keras_tree
 
-from keras_pacgen.backends._one_array import dense, device_of, local, on_each_device  # noqa: F401
+from keras_pacgen.backends._one_array import (  # noqa: F401
+    all_finite,
+    dense,
+    device_of,
+    local,
+    on_each_device,
+)
 
 WIDE_FLOAT = "float64"
 
@@ -25,10 +31,9 @@ def snapshot(variable):
 
 
 def apply_if_finite(step, grads, variables, *, optimizer) -> None:
-    """Run ``step(grads, variables)`` when every gradient is finite, else count the step in
-    ``optimizer.nonfinite_steps``."""
-    finite = all(bool(torch.isfinite(ops.convert_to_tensor(g)).all()) for g in grads if g is not None)
-    if finite:
+    """Run ``step(grads, variables)`` when every gradient is finite (one host sync for all of
+    them), else count the step in ``optimizer.nonfinite_steps``."""
+    if bool(all_finite([None if g is None else ops.convert_to_tensor(g) for g in grads])):
         step(grads, variables)
     else:
         optimizer.nonfinite_steps.assign_add(1)
