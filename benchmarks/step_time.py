@@ -123,7 +123,8 @@ def _keep_clean_weights(slots, gradients, device, *args):
 
 @contextlib.contextmanager
 def lines_7_to_14(included: bool):
-    """Inside, a perturbed step traced without `included` leaves out lines 7-14 (`UPDATE_ONLY`)."""
+    """Inside, a perturbed step traced (or, on PyTorch, run) without `included` leaves out lines
+    7-14 (`UPDATE_ONLY`)."""
     original = perturbation_step._perturb_device
     if not included:
         perturbation_step._perturb_device = _keep_clean_weights
@@ -131,6 +132,17 @@ def lines_7_to_14(included: bool):
         yield
     finally:
         perturbation_step._perturb_device = original
+
+
+def without_lines_7_to_14(step):
+    """`step` with lines 7-14 left out each time it runs: an eager step (PyTorch) calls
+    `_perturb_device` at every step, not once when it is traced."""
+
+    def run():
+        with lines_7_to_14(included=False):
+            return step()
+
+    return run
 
 
 def _train_step(model, ds, batch):
@@ -242,10 +254,13 @@ def main(argv=None):
         configs, steppers = {}, {}
         for jit in [j == "true" for j in args.jit.split(",")]:
             for opt in args.optimizers.split(","):
-                with lines_7_to_14(included=opt not in UPDATE_ONLY):  # the step is traced here
+                included = opt not in UPDATE_ONLY
+                with lines_7_to_14(included):  # the step is traced here
                     configs[(opt, jit)] = build(model_name, opt, jit, args.batch)
                     steppers[(opt, jit)] = stepper(*configs[(opt, jit)])
                     configs[(opt, jit)] = configs[(opt, jit)][0]
+                if not included:
+                    steppers[(opt, jit)] = without_lines_7_to_14(steppers[(opt, jit)])
         mnist = model_name == "mnist_cnn"
         rounds = args.rounds or (20 if mnist else 10)
         steps = args.steps or (10 if mnist else 3)

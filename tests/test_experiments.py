@@ -92,9 +92,11 @@ def test_step_time_ratio_is_paired_by_round():
     assert abs(unpaired - 1.04) > 0.01
 
 
-def test_step_time_update_only_leaves_out_lines_7_to_14_and_only_while_tracing_inside():
+def test_step_time_update_only_leaves_out_lines_7_to_14_traced_or_eager():
     """The diagnostic `_update_only` step: OPT's update without a perturbation (σ stays 0, the
-    model holds the clean weights, which moved); the step traced outside draws one."""
+    model holds the clean weights, which moved), whether the step is traced inside the context
+    (TensorFlow, JAX) or runs eagerly inside it at every call (PyTorch); a step traced outside
+    draws one."""
     import keras
     import tensorflow as tf
 
@@ -126,6 +128,22 @@ def test_step_time_update_only_leaves_out_lines_7_to_14_and_only_while_tracing_i
         assert not np.array_equal(v.numpy(), w0)
     _, _, states = trained(included=True)
     assert any(np.any(tf.abs(s["sigma"]).numpy() > 0) for s in states)
+
+    # An eager step (PyTorch's, here TensorFlow's run_eagerly) calls `_perturb_device` each time
+    # it runs: the wrapped step leaves lines 7-14 out at every call.
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])
+    model.compile(optimizer=kp.PerturbedSGD(learning_rate=0.1, gamma=1.0, seed=0), run_eagerly=True,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    eager_step = step_time.without_lines_7_to_14(lambda: model.train_on_batch(x, y))
+    eager_step()
+    eager_step()
+    assert step._perturb_device is original
+    assert not any(np.any(model.optimizer.perturbation_state(v)["sigma"].numpy())
+                   for v in model.trainable_variables)
+    model.train_on_batch(x, y)  # unwrapped: the perturbation is drawn again
+    assert any(np.any(model.optimizer.perturbation_state(v)["sigma"].numpy())
+               for v in model.trainable_variables)
 
 
 def test_toy_sharp_global_minimum_has_higher_psi_and_loses_under_perturbation():

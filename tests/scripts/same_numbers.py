@@ -1,8 +1,17 @@
 """One fixed dense model, data and seed on the backend KERAS_BACKEND names: the weights after 16
-PerturbedAdam steps, then ψ and every deterministic measure of those weights, as JSON on stdout."""
+PerturbedAdam steps and ψ of the optimizer's estimates, then every deterministic measure of one set
+of weights, as JSON on stdout.
+
+    python same_numbers.py WEIGHTS.npz
+
+The measures are taken of the weights in WEIGHTS.npz when it exists (another backend's trained
+weights), else of this run's, which are then written there: so that every backend measures the
+same weights, and a difference is the measure's, not the training's.
+"""
 
 import json
 import os
+import sys
 import warnings
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -32,12 +41,20 @@ model.compile(optimizer=kp.PerturbedAdam(1e-2, gamma=1.0, grad_threshold=10.0, s
               loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
 model.fit(x, y, batch_size=16, epochs=4, shuffle=False, verbose=0,
           callbacks=[kp.PerturbationCallback()])
+trained = model.get_weights()
+psi = float(kp.psi_from_optimizer(model))
+weights_file = sys.argv[1]
+if os.path.exists(weights_file):
+    with np.load(weights_file) as stored:
+        model.set_weights([stored[f"arr_{i}"] for i in range(len(stored.files))])
+else:
+    np.savez(weights_file, *trained)
 values = measures.compute_all(model, (x, y), measures=DETERMINISTIC, initial_weights=initial)
 values["fisher_trace_empirical"] = measures.fisher_trace(model, (x, y), labels="empirical")
-values["psi_from_optimizer"] = float(kp.psi_from_optimizer(model))
+values["psi_from_optimizer"] = psi
 print(json.dumps({
     "backend": keras.backend.backend(),
     "steps": int(keras.ops.convert_to_numpy(model.optimizer.iterations)),
-    "weights": [w.ravel().tolist() for w in model.get_weights()],
+    "weights": [w.ravel().tolist() for w in trained],
     "measures": values,
 }))
