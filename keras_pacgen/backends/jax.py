@@ -23,13 +23,9 @@ def is_concrete(value) -> bool:
     return not isinstance(value, jax.core.Tracer)
 
 
-
-
-
 def snapshot(variable):
     """The value of a variable as an array (immutable: no copy needed)."""
     return ops.convert_to_tensor(variable)
-
 
 
 def apply_if_finite(step, grads, variables, *, optimizer) -> None:

@@ -21,13 +21,9 @@ def is_concrete(value) -> bool:
     return True
 
 
-
-
-
 def snapshot(variable):
     """The value of a variable as a tensor: a copy, outside autograd."""
     return ops.convert_to_tensor(variable).detach().clone()
-
 
 
 def apply_if_finite(step, grads, variables, *, optimizer) -> None:
