@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 from keras import ops
 
 from keras_pacgen import _validation as check
 from keras_pacgen.pacgen import psi_terms
-from keras_pacgen.perturbation import clean_weights, formulas, keras_internals, perturbed_optimizers
+from keras_pacgen.perturbation import (
+    PerturbationMixin,
+    clean_weights,
+    formulas,
+    keras_internals,
+    perturbed_optimizers,
+)
 
 _NO_ESTIMATE = (
     "{name} keeps no Hessian-diagonal estimate, so ψ cannot be read from its state. Use a "
@@ -17,9 +25,11 @@ _NO_ESTIMATE = (
 )
 
 _JAX_METRIC = (
-    "PacGen reads the optimizer's state inside the train step, and Keras's JAX trainer gives a "
-    "metric only the metric's own variables there. On JAX use keras_pacgen.PacGenCallback(...) "
-    "(ψ at every epoch end, in the logs) or keras_pacgen.psi_from_optimizer(model) after fit()."
+    "On JAX, PacGen reads the state a perturbed optimizer keeps after each train step, and the "
+    "model's optimizer is {name}. Compile the model with keras_pacgen.PerturbedAdam / "
+    "PerturbedSGD / keras_pacgen.perturb(opt) as its optimizer (not inside a LossScaleOptimizer), "
+    "or use keras_pacgen.PacGenCallback(...) (ψ at every epoch end, in the logs) or "
+    "keras_pacgen.psi_from_optimizer(model) after fit()."
 )
 
 
@@ -90,8 +100,10 @@ class PacGen(keras.metrics.Metric):
     recomputed every `update_every` training steps and reported in between (the first update
     computes it).
 
-    Not on JAX: Keras's JAX trainer shows a metric its own variables only, not the optimizer's
-    state (creating the metric raises there); use `PacGenCallback` or `psi_from_optimizer(model)`.
+    On JAX the trainer shows a metric its own variables only: ψ is read from the values the
+    perturbed optimizer kept from the step (`take_state_after_step`), so the model's optimizer
+    must be a perturbed one itself (with Adam or a LossScaleOptimizer there, use `PacGenCallback`),
+    and evaluation reports the last training value (the weights have not moved since).
 
     Args:
         model: the model whose optimizer and weights are read (metrics do not see the model
@@ -109,8 +121,6 @@ class PacGen(keras.metrics.Metric):
         name: str = "pacgen",
         dtype=None,
     ):
-        if keras.backend.backend() == "jax":
-            raise ValueError(_JAX_METRIC)
         super().__init__(name=name, dtype=dtype)
         self.gamma = check.check_float("gamma", gamma, low=0.0)
         self.epsilon = check.check_float("epsilon", epsilon, low=0.0, low_inclusive=False)
@@ -136,12 +146,18 @@ class PacGen(keras.metrics.Metric):
         if not _inner(model.optimizer).built:  # Keras's build on PyTorch runs the metrics first
             return
         require_estimates(model.optimizer)
-
+        state = contextlib.nullcontext()
         if keras.backend.backend() == "jax":
-            raise ValueError(_JAX_METRIC)
+            if not isinstance(model.optimizer, PerturbationMixin):
+                raise ValueError(_JAX_METRIC.format(name=type(model.optimizer).__name__))
+            after_step = model.optimizer.take_state_after_step()
+            if after_step is None:  # evaluation: no step, ψ kept
+                return
+            state = keras.StatelessScope(state_mapping=after_step)
 
         def compute():
-            psi = psi_from_optimizer(model, gamma=self.gamma, epsilon=self.epsilon)
+            with state:
+                psi = psi_from_optimizer(model, gamma=self.gamma, epsilon=self.epsilon)
             return ops.cast(psi, self.value.dtype)
 
         due = ops.equal(self.updates % self.update_every, 0)

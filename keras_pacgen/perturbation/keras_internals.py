@@ -21,6 +21,13 @@ def built_variables(optimizer) -> list:
     return optimizer._trainable_variables
 
 
+def holds_value(variable) -> bool:
+    """Whether a variable holds a value. During ``fit`` Keras's JAX trainer keeps the values in
+    its own state and empties the variables (``_purge_model_variables``); when the first train step
+    fails, before any state comes back, they stay empty."""
+    return variable._value is not None
+
+
 def second_moments(optimizer) -> list | None:
     """The second-moment slots ``v`` of an Adam-family optimizer (Adam, AdamW, Nadam, RMSprop,
     ...), one per variable, or None. Keras has no accessor for one kind of slot; the paper's

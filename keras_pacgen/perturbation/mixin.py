@@ -50,6 +50,7 @@ class PerturbationMixin:
         self._warned = False
         self._gradients = {}  # (index, device) -> the gradient update_step received, this step
         self._traced = {}  # traced remove/re-apply functions
+        self._after_step = None  # the values the last stateless_apply returned
 
     # ------------------------------------------------------------------ state
     def build(self, var_list):
@@ -146,6 +147,22 @@ class PerturbationMixin:
         else:
             self._step(grads, variables)
 
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        """Keras's; the values it returns are also kept, for `take_state_after_step`."""
+        trainable, optimizer = super().stateless_apply(optimizer_variables, grads, trainable_variables)
+        self._after_step = (tuple(trainable), tuple(optimizer))  # values: Keras tracks no variable
+        return trainable, optimizer
+
+    def take_state_after_step(self) -> list | None:
+        """The (variable, value) pairs of the model's and the optimizer's variables that the last
+        `stateless_apply` returned, once (then None). Keras's JAX trainer keeps those values in
+        its own state until the epoch ends and shows a metric only the metric's variables: `PacGen`
+        reads these in a `keras.StatelessScope`, in the same traced step."""
+        values, self._after_step = self._after_step, None
+        if values is None:
+            return None
+        return [*zip(keras_internals.built_variables(self), values[0]), *zip(self.variables, values[1])]
+
     def _step(self, grads, variables):
         """One step of Algorithm 1 (step.py): back to w_t, OPT, then u for the next step."""
         slots = self._slots_of(variables)
@@ -187,7 +204,9 @@ class PerturbationMixin:
 
     def finalize_variable_values(self, var_list):
         """Called by fit() at the end: clean weights first, then the wrapped optimizer's EMA."""
-        self.remove_perturbation()
+        self._after_step = None  # values of fit's last traced step
+        if self.built and keras_internals.holds_value(self._applied):  # else fit failed: let it say why
+            self.remove_perturbation()
         super().finalize_variable_values(var_list)
 
     # ------------------------------------------------------------------ reading the state
