@@ -5,6 +5,7 @@
 * `clean_weights`: the clean weights (remove, re-apply, per-device updates);
 * `noise`: the stateless uniform draw;
 * `mixin`: `PerturbationMixin`, the Keras optimizer around all of it;
+* `state_after_step`: the values of the last ``stateless_apply``, for a metric (JAX);
 * `arguments`: the perturbation arguments (defaults, documentation, checks);
 * `keras_internals`: the private Keras attributes used, in one place.
 

@@ -3,7 +3,8 @@
 The mixin is the Keras face of the algorithm: its state (slots), its constructor arguments and
 ``apply``. The step itself is in step.py, its formulas in formulas.py, the clean-weights machinery
 in clean_weights.py, what differs between backends in `keras_pacgen.backends`. All of it runs
-inside ``apply``: JAX's trainer calls ``stateless_apply``, which sees only what ``apply`` writes.
+inside ``apply``: JAX's trainer calls ``stateless_apply``, which sees only what ``apply`` writes
+(what it returns is kept for a metric: state_after_step.py).
 """
 
 from __future__ import annotations
@@ -15,18 +16,13 @@ from keras import ops
 
 from keras_pacgen import _validation as check
 from keras_pacgen import backends
-from keras_pacgen.perturbation import (
-    arguments,
-    clean_weights,
-    formulas,
-    keras_internals,
-    step,
-)
+from keras_pacgen.perturbation import arguments, clean_weights, formulas, keras_internals, step
+from keras_pacgen.perturbation.state_after_step import StateAfterStep
 
 backend = backends.load()
 
 
-class PerturbationMixin:
+class PerturbationMixin(StateAfterStep):
     """Turns a Keras optimizer ``OPT`` into PertOPT (Algorithm 1): each step takes the gradient at
     ``w + u`` and ``OPT`` updates the clean ``w``; between steps the model holds ``w + u``.
 
@@ -50,7 +46,6 @@ class PerturbationMixin:
         self._warned = False
         self._gradients = {}  # (index, device) -> the gradient update_step received, this step
         self._traced = {}  # traced remove/re-apply functions
-        self._after_step = None  # the values the last stateless_apply returned
 
     # ------------------------------------------------------------------ state
     def build(self, var_list):
@@ -147,22 +142,6 @@ class PerturbationMixin:
         else:
             self._step(grads, variables)
 
-    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
-        """Keras's; the values it returns are also kept, for `take_state_after_step`."""
-        trainable, optimizer = super().stateless_apply(optimizer_variables, grads, trainable_variables)
-        self._after_step = (tuple(trainable), tuple(optimizer))  # values: Keras tracks no variable
-        return trainable, optimizer
-
-    def take_state_after_step(self) -> list | None:
-        """The (variable, value) pairs of the model's and the optimizer's variables that the last
-        `stateless_apply` returned, once (then None). Keras's JAX trainer keeps those values in
-        its own state until the epoch ends and shows a metric only the metric's variables: `PacGen`
-        reads these in a `keras.StatelessScope`, in the same traced step."""
-        values, self._after_step = self._after_step, None
-        if values is None:
-            return None
-        return [*zip(keras_internals.built_variables(self), values[0]), *zip(self.variables, values[1])]
-
     def _step(self, grads, variables):
         """One step of Algorithm 1 (step.py): back to w_t, OPT, then u for the next step."""
         slots = self._slots_of(variables)
@@ -204,7 +183,6 @@ class PerturbationMixin:
 
     def finalize_variable_values(self, var_list):
         """Called by fit() at the end: clean weights first, then the wrapped optimizer's EMA."""
-        self._after_step = None  # values of fit's last traced step
         if self.built and keras_internals.holds_value(self._applied):  # else fit failed: let it say why
             self.remove_perturbation()
         super().finalize_variable_values(var_list)

@@ -1,0 +1,36 @@
+"""`StateAfterStep`: the values an optimizer's ``stateless_apply`` returned, for a reader in the
+same traced step.
+
+Keras's JAX trainer runs ``optimizer.stateless_apply`` and then the metrics in one traced function,
+keeps the new values of the model's and the optimizer's variables in its own state until the
+epoch ends, and shows a metric only the metric's own variables. A metric that reads the optimizer
+(`PacGen`) takes these values and reads them in a ``keras.StatelessScope``.
+"""
+
+from __future__ import annotations
+
+from keras_pacgen.perturbation import keras_internals
+
+
+class StateAfterStep:
+    """Mixed into a Keras optimizer: keeps what ``stateless_apply`` returned, until taken."""
+
+    _after_step = None  # (model variables' values, optimizer variables' values)
+
+    def stateless_apply(self, optimizer_variables, grads, trainable_variables):
+        trainable, optimizer = super().stateless_apply(optimizer_variables, grads, trainable_variables)
+        self._after_step = (tuple(trainable), tuple(optimizer))  # values: Keras tracks no variable
+        return trainable, optimizer
+
+    def take_state_after_step(self) -> list | None:
+        """The (variable, value) pairs of the model's and the optimizer's variables that the last
+        ``stateless_apply`` returned, once (then None: in evaluation, no step ran)."""
+        values, self._after_step = self._after_step, None
+        if values is None:
+            return None
+        return [*zip(keras_internals.built_variables(self), values[0]),
+                *zip(self.variables, values[1])]
+
+    def finalize_variable_values(self, var_list):
+        self._after_step = None  # values of fit's last traced step
+        super().finalize_variable_values(var_list)
