@@ -29,8 +29,8 @@ def toy_data(n=128, num_features=8, num_classes=3, seed=0):
 LOSS = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 # jit_compile settings tested per backend: TensorFlow with XLA off and on; JAX compiled, as its
-# users run it (uncompiled JAX is the same program, op by op, and slow); PyTorch eager
-# (torch.compile is not supported).
+# users run it (uncompiled JAX is the same program, op by op, and slow); PyTorch eager, Keras's
+# default there (jit_compile=True runs, but torch.compile takes minutes per model on a CPU).
 JIT = {"tensorflow": [False, True], "jax": [True], "torch": [False]}[keras.backend.backend()]
 
 
