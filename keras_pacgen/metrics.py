@@ -150,7 +150,7 @@ class PacGen(keras.metrics.Metric):
         if keras.backend.backend() == "jax":
             if not isinstance(model.optimizer, PerturbationMixin):
                 raise ValueError(_JAX_METRIC.format(name=type(model.optimizer).__name__))
-            after_step = model.optimizer.take_state_after_step()
+            after_step = model.optimizer.take_state_after_step(self)
             if after_step is None:  # evaluation: no step, ψ kept
                 return
             state = keras.StatelessScope(state_mapping=after_step)

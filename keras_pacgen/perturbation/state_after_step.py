@@ -15,21 +15,22 @@ from keras_pacgen.perturbation import keras_internals
 class StateAfterStep:
     """Mixed into a Keras optimizer: keeps what ``stateless_apply`` returned, until taken."""
 
-    _after_step = None  # (model variables' values, optimizer variables' values)
+    _after_step = None  # (model variables' values, optimizer variables' values, readers' ids)
 
     def stateless_apply(self, optimizer_variables, grads, trainable_variables):
         trainable, optimizer = super().stateless_apply(optimizer_variables, grads, trainable_variables)
-        self._after_step = (tuple(trainable), tuple(optimizer))  # values: Keras tracks no variable
+        self._after_step = (tuple(trainable), tuple(optimizer), set())  # values: no variable tracked
         return trainable, optimizer
 
-    def take_state_after_step(self) -> list | None:
+    def take_state_after_step(self, reader) -> list | None:
         """The (variable, value) pairs of the model's and the optimizer's variables that the last
-        ``stateless_apply`` returned, once (then None: in evaluation, no step ran)."""
-        values, self._after_step = self._after_step, None
-        if values is None:
+        ``stateless_apply`` returned, once per `reader` (then None: in evaluation no step ran,
+        and the values belong to the traced train step)."""
+        if self._after_step is None or id(reader) in self._after_step[2]:
             return None
-        return [*zip(keras_internals.built_variables(self), values[0]),
-                *zip(self.variables, values[1])]
+        trainable, optimizer, readers = self._after_step
+        readers.add(id(reader))
+        return [*zip(keras_internals.built_variables(self), trainable), *zip(self.variables, optimizer)]
 
     def finalize_variable_values(self, var_list):
         self._after_step = None  # values of fit's last traced step

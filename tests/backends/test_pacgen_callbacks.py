@@ -13,7 +13,7 @@ from conftest import JIT, LOSS, small_model, toy_data
 import keras_pacgen as kp
 
 
-def reference_psi_from_state(opt, model):
+def reference_psi_from_state(opt, model, gamma=0.1):
     ws, hs, rho = [], [], 0.0
     t = int(opt.iterations.numpy())
     for v in model.trainable_variables:
@@ -24,7 +24,7 @@ def reference_psi_from_state(opt, model):
     m = sum(w.size for w in ws)
     total = 0.0
     for w, h in zip(ws, hs):
-        k = 0.1 * np.abs(w) + 0.1
+        k = gamma * np.abs(w) + 0.1
         a = h + rho * math.sqrt(m) * k
         total += np.sum(np.log((np.abs(w) + k) * np.maximum(np.sqrt(np.maximum(a, 0)), 1 / k)))
     return total
@@ -35,11 +35,14 @@ def test_pacgen_metric_reports_psi_of_the_clean_weights(jit):
     x, y = toy_data()
     model = small_model()
     opt = kp.PerturbedAdam(learning_rate=1e-2, eta=0.01, gamma=1.0, grad_threshold=10.0, seed=2)
-    model.compile(optimizer=opt, loss=LOSS, metrics=[kp.PacGen(model, update_every=1)], jit_compile=jit)
+    metrics = [kp.PacGen(model, update_every=1), kp.PacGen(model, gamma=1.0, update_every=1, name="pacgen_1")]
+    model.compile(optimizer=opt, loss=LOSS, metrics=metrics, jit_compile=jit)
     history = model.fit(x, y, epochs=2, batch_size=32, verbose=0, validation_data=(x[:64], y[:64]),
                         callbacks=[kp.PerturbationCallback()]).history
     expected = reference_psi_from_state(opt, model)
     assert history["pacgen"][-1] == pytest.approx(expected, rel=1e-5)
+    # a second ψ metric (another γ) reads the same state
+    assert history["pacgen_1"][-1] == pytest.approx(reference_psi_from_state(opt, model, 1.0), rel=1e-5)
     assert history["val_pacgen"][-1] == pytest.approx(expected, rel=1e-5)  # the weights of the step
     assert history["pacgen"][0] != pytest.approx(expected, rel=1e-5)  # updated, not a constant
     assert model.evaluate(x, y, verbose=0, return_dict=True)["pacgen"] == pytest.approx(expected, rel=1e-5)
